@@ -1,0 +1,308 @@
+//! Command-line flags (each also an environment variable) and the typed,
+//! validated [`Config`] they become before anything binds or connects.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::store::memcached::ring::ShardSpec;
+use crate::store::memcached::shard::PoolSettings;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default largest value: 1 MiB (a memcached shard's own limit may be lower).
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
+/// Default largest batch.
+pub const DEFAULT_MAX_BATCH_KEYS: usize = 1000;
+/// Default largest gRPC message, in either direction.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Default and largest number of keys one List returns.
+pub const DEFAULT_LIST_MAX_KEYS: usize = 10_000;
+/// Default size of the embedded store.
+pub const DEFAULT_EMBEDDED_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Room in a gRPC message for everything but the value.
+pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
+
+/// memgate: a gRPC cache service in front of a sharded memcached pool.
+///
+/// With no --memcached servers it serves from an embedded in-process store.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "memgate", version, about, long_about = None)]
+pub struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "MEMGATE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+
+    /// memcached servers, comma-separated `host:port[:weight]`. Keys are
+    /// spread over them by consistent hashing. Empty: the embedded store.
+    #[arg(long, env = "MEMGATE_MEMCACHED", value_delimiter = ',', num_args = 0..)]
+    pub memcached: Vec<String>,
+
+    /// TTL in seconds for Sets that give none (0: never expires).
+    #[arg(long, env = "MEMGATE_DEFAULT_TTL", default_value_t = 0)]
+    pub default_ttl: u32,
+
+    /// Largest value accepted, in bytes. A shard whose item_size_max is
+    /// smaller lowers it further for its keys.
+    #[arg(long, env = "MEMGATE_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+
+    /// Most keys (or items) in one batch request.
+    #[arg(long, env = "MEMGATE_MAX_BATCH_KEYS", default_value_t = DEFAULT_MAX_BATCH_KEYS)]
+    pub max_batch_keys: usize,
+
+    /// Largest gRPC message accepted or sent, in bytes. Must exceed
+    /// --max-value-bytes; clients should raise their receive limit to match.
+    #[arg(long, env = "MEMGATE_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+
+    /// Most keys one List returns (its `limit` 0 means this).
+    #[arg(long, env = "MEMGATE_LIST_MAX_KEYS", default_value_t = DEFAULT_LIST_MAX_KEYS)]
+    pub list_max_keys: usize,
+
+    /// Longest wait for a memcached reply, e.g. `500ms`.
+    #[arg(long, env = "MEMGATE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Longest wait for a TCP connection to memcached.
+    #[arg(long, env = "MEMGATE_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Pipelined connections kept open to each memcached server.
+    #[arg(long, env = "MEMGATE_MAX_IDLE_CONNS", default_value_t = 2)]
+    pub max_idle_conns: usize,
+
+    /// TCP keepalive idle time on memcached connections (`0s`: off).
+    #[arg(long, env = "MEMGATE_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+
+    /// How often every shard is probed for the health service.
+    #[arg(long, env = "MEMGATE_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
+
+    /// Memory bound of the embedded store, in bytes.
+    #[arg(long, env = "MEMGATE_EMBEDDED_MAX_BYTES", default_value_t = DEFAULT_EMBEDDED_MAX_BYTES)]
+    pub embedded_max_bytes: u64,
+
+    /// Turn off gRPC server reflection (on by default so grpcurl works
+    /// without the .proto).
+    #[arg(long, env = "MEMGATE_NO_REFLECTION")]
+    pub no_reflection: bool,
+}
+
+/// Which store serves the keys.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// The in-process store, bounded to this many bytes.
+    Embedded {
+        /// Memory bound.
+        max_bytes: u64,
+    },
+    /// A memcached pool.
+    Memcached {
+        /// The servers.
+        shards: Vec<ShardSpec>,
+        /// How connections are made.
+        pool: PoolSettings,
+    },
+}
+
+/// Request limits enforced at the gRPC edge.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// TTL for Sets that give none.
+    pub default_ttl: u32,
+    /// Largest value.
+    pub max_value_bytes: usize,
+    /// Most keys per batch.
+    pub max_batch_keys: usize,
+    /// Largest gRPC message.
+    pub max_message_bytes: usize,
+    /// Most keys per List.
+    pub list_max_keys: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            default_ttl: 0,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            list_max_keys: DEFAULT_LIST_MAX_KEYS,
+        }
+    }
+}
+
+/// Everything memgate needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Where keys live.
+    pub backend: Backend,
+    /// Request limits.
+    pub limits: Limits,
+    /// Shard probe period.
+    pub health_interval: Duration,
+    /// Serve reflection.
+    pub reflection: bool,
+}
+
+impl Config {
+    /// A config for the embedded store with default limits.
+    pub fn embedded(listen: SocketAddr) -> Config {
+        Config {
+            listen,
+            backend: Backend::Embedded {
+                max_bytes: DEFAULT_EMBEDDED_MAX_BYTES,
+            },
+            limits: Limits::default(),
+            health_interval: Duration::from_secs(1),
+            reflection: true,
+        }
+    }
+
+    /// A config for a memcached pool at `addrs` with default settings.
+    pub fn memcached(listen: SocketAddr, addrs: &[String]) -> Result<Config, String> {
+        let mut cli = Cli::parse_from(["memgate"]);
+        cli.listen = listen.to_string();
+        cli.memcached = addrs.to_vec();
+        cli.try_into()
+    }
+}
+
+impl TryFrom<Cli> for Config {
+    type Error = String;
+
+    fn try_from(cli: Cli) -> Result<Config, String> {
+        let listen = cli.listen.parse::<SocketAddr>().map_err(|e| {
+            format!(
+                "--listen {:?} is not an address like 127.0.0.1:50051: {e}",
+                cli.listen
+            )
+        })?;
+        let shards = cli
+            .memcached
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(str::parse::<ShardSpec>)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--memcached: {e}"))?;
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = shards.iter().find(|s| !seen.insert(&s.addr)) {
+            return Err(format!("--memcached lists {} twice", dup.addr));
+        }
+        if !cli.memcached.is_empty() && shards.is_empty() {
+            return Err("--memcached was given but names no server".to_owned());
+        }
+        if cli.max_value_bytes == 0 {
+            return Err("--max-value-bytes must be at least 1".to_owned());
+        }
+        if cli.max_batch_keys == 0 || cli.list_max_keys == 0 || cli.max_idle_conns == 0 {
+            return Err(
+                "--max-batch-keys, --list-max-keys and --max-idle-conns must be at least 1"
+                    .to_owned(),
+            );
+        }
+        if cli.max_message_bytes < cli.max_value_bytes + MESSAGE_OVERHEAD {
+            return Err(format!(
+                "--max-message-bytes ({}) must be at least --max-value-bytes + {MESSAGE_OVERHEAD} ({})",
+                cli.max_message_bytes,
+                cli.max_value_bytes + MESSAGE_OVERHEAD
+            ));
+        }
+        for (flag, d) in [
+            ("--timeout", cli.timeout),
+            ("--connect-timeout", cli.connect_timeout),
+            ("--health-interval", cli.health_interval),
+        ] {
+            if d.is_zero() {
+                return Err(format!("{flag} must be longer than zero"));
+            }
+        }
+        let backend = if shards.is_empty() {
+            Backend::Embedded {
+                max_bytes: cli.embedded_max_bytes,
+            }
+        } else {
+            Backend::Memcached {
+                shards,
+                pool: PoolSettings {
+                    timeout: cli.timeout,
+                    connect_timeout: cli.connect_timeout,
+                    conns_per_shard: cli.max_idle_conns,
+                    keepalive: (!cli.keepalive.is_zero()).then_some(cli.keepalive),
+                },
+            }
+        };
+        Ok(Config {
+            listen,
+            backend,
+            limits: Limits {
+                default_ttl: cli.default_ttl,
+                max_value_bytes: cli.max_value_bytes,
+                max_batch_keys: cli.max_batch_keys,
+                max_message_bytes: cli.max_message_bytes,
+                list_max_keys: cli.list_max_keys,
+            },
+            health_interval: cli.health_interval,
+            reflection: !cli.no_reflection,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut all = vec!["memgate"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .try_into()
+    }
+
+    #[test]
+    fn defaults_to_embedded() {
+        let c = parse(&[]).unwrap();
+        assert!(matches!(c.backend, Backend::Embedded { .. }));
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn parses_a_pool() {
+        let c = parse(&[
+            "--memcached",
+            "127.0.0.1:1,127.0.0.1:2:3",
+            "--timeout",
+            "250ms",
+        ])
+        .unwrap();
+        let Backend::Memcached { shards, pool } = c.backend else {
+            panic!("expected memcached")
+        };
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[1].weight, 3);
+        assert_eq!(pool.timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn refuses_bad_flags_with_a_message() {
+        for (args, needle) in [
+            (&["--listen", "nope"][..], "--listen"),
+            (&["--memcached", ","], "names no server"),
+            (&["--memcached", "host"], "host:port"),
+            (&["--memcached", "a:1,a:1"], "twice"),
+            (&["--max-value-bytes", "0"], "at least 1"),
+            (&["--max-message-bytes", "1000"], "--max-message-bytes"),
+            (&["--timeout", "0s"], "--timeout"),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(needle), "{args:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The grpc.health.v1 service, wired to whether the store can answer.
+//!
+//! Both "" (the whole server) and "memgate.v1.Cache" start NOT_SERVING —
+//! tonic-health marks "" SERVING on creation, which would let a mesh route
+//! traffic before any shard has answered — and a background task probes
+//! every shard (memcached `version`, never a write) each interval: SERVING
+//! while at least one shard answers, NOT_SERVING when none does. Watchers
+//! see each change as it happens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use memgate_api::v1::cache_server::SERVICE_NAME;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::store::{Reachability, Store};
+
+/// The service names health is reported for.
+pub const SERVICES: [&str; 2] = ["", SERVICE_NAME];
+
+/// Sets every reported service to `status`.
+pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    for name in SERVICES {
+        reporter.set_service_status(name, status).await;
+    }
+}
+
+/// Probes `store` every `interval` until `stop`, keeping `reporter` current.
+pub async fn run_checker<S: Store>(
+    store: Arc<S>,
+    reporter: HealthReporter,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let mut last: Option<Reachability> = None;
+    loop {
+        let now = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = store.probe() => r,
+        };
+        if last != Some(now) {
+            let status = if now.serving() {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            if now.up < now.total {
+                tracing::warn!(
+                    up = now.up,
+                    total = now.total,
+                    ?status,
+                    "shard reachability changed"
+                );
+            } else {
+                tracing::info!(
+                    up = now.up,
+                    total = now.total,
+                    ?status,
+                    "shard reachability changed"
+                );
+            }
+            // Shutdown may have begun while probing; it owns the status then.
+            if stop.is_cancelled() {
+                return;
+            }
+            set_all(&reporter, status).await;
+            last = Some(now);
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}

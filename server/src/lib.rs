@@ -1,0 +1,110 @@
+//! memgate: a gRPC cache service in front of a sharded memcached pool.
+//!
+//! The server is a library: [`run`] serves on a listener until a shutdown
+//! future completes, so tests start it in-process exactly as the binary
+//! does. `main.rs` only parses flags, sets up logging and calls it.
+
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod key;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use memgate_api::v1::cache_server::CacheServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::{Backend, Config};
+use crate::service::CacheService;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::memcached::ShardedStore;
+
+/// Serves memgate on `listener` until `shutdown` completes, then drains
+/// in-flight calls and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    match &config.backend {
+        Backend::Embedded { max_bytes } => {
+            let store = EmbeddedStore::new(*max_bytes, config.limits.max_value_bytes);
+            serve(listener, Arc::new(store), config, shutdown).await
+        }
+        Backend::Memcached { shards, pool } => {
+            let store = ShardedStore::new(shards, pool.clone(), config.limits.max_value_bytes);
+            serve(listener, Arc::new(store), config, shutdown).await
+        }
+    }
+}
+
+async fn serve<S: Store>(
+    listener: TcpListener,
+    store: Arc<S>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let addr = listener.local_addr().ok();
+    tracing::info!(
+        listen = ?addr,
+        backend = %store.describe(),
+        reflection = config.reflection,
+        "memgate serving"
+    );
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    health::set_all(&reporter, ServingStatus::NotServing).await;
+    let stop_checker = CancellationToken::new();
+    tokio::spawn(health::run_checker(
+        store.clone(),
+        reporter.clone(),
+        config.health_interval,
+        stop_checker.clone(),
+    ));
+
+    let limit = config.limits.max_message_bytes;
+    let cache = CacheServer::from_arc(Arc::new(CacheService::new(store, config.limits.clone())))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+    let (reflection_v1, reflection_v1alpha) = if config.reflection {
+        let v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(memgate_api::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("embedded descriptor sets are valid");
+        let v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(memgate_api::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("embedded descriptor sets are valid");
+        (Some(v1), Some(v1alpha))
+    } else {
+        (None, None)
+    };
+
+    let drain = async move {
+        shutdown.await;
+        // Tell meshes and probes first, then stop accepting.
+        stop_checker.cancel();
+        health::set_all(&reporter, ServingStatus::NotServing).await;
+        tracing::info!("shutting down: draining in-flight calls");
+    };
+
+    Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(cache)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
+        .await
+}

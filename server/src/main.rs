@@ -1,0 +1,50 @@
+//! The `memgate` binary: flags in, one clear line out on failure.
+
+use clap::Parser;
+use memgate_server::config::{Cli, Config};
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("MEMGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+
+    let config = match Config::try_from(cli) {
+        Ok(c) => c,
+        Err(e) => fail(&e),
+    };
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => fail(&format!("cannot listen on {}: {e}", config.listen)),
+    };
+    if let Err(e) = memgate_server::run(listener, config, shutdown_signal()).await {
+        fail(&format!("server failed: {e}"));
+    }
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("memgate: {message}");
+    std::process::exit(2);
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

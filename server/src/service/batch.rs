@@ -1,0 +1,102 @@
+//! Unary batch RPCs. The whole request is validated first (an invalid key
+//! fails the call and writes nothing); the store then groups keys by shard,
+//! and shard failures come back as per-key errors.
+
+use memgate_api::v1 as pb;
+
+use super::CacheService;
+use crate::error::Error;
+use crate::store::Store;
+
+impl<S: Store> CacheService<S> {
+    pub(super) async fn batch_get_keys(
+        &self,
+        req: pb::BatchGetRequest,
+    ) -> Result<pb::BatchGetResponse, Error> {
+        let keys = self.keys(req.keys)?;
+        let results = self.get_results(keys).await;
+        let size: usize = results
+            .iter()
+            .map(|r| r.key.len() + r.value.len() + 16)
+            .sum();
+        if size > self.limits.max_message_bytes {
+            return Err(Error::ResponseTooLarge {
+                size,
+                max: self.limits.max_message_bytes,
+            });
+        }
+        Ok(pb::BatchGetResponse { results })
+    }
+
+    /// Reads `keys`, one result per key in order (shared with the stream).
+    pub(super) async fn get_results(&self, keys: Vec<crate::key::Key>) -> Vec<pb::GetResult> {
+        let outcomes = self.store.get_many(&keys).await;
+        keys.into_iter()
+            .zip(outcomes)
+            .map(|(key, outcome)| match outcome {
+                Ok(Some(value)) => pb::GetResult {
+                    key: key.to_string(),
+                    found: true,
+                    value: value.into(),
+                    error: String::new(),
+                },
+                Ok(None) => pb::GetResult {
+                    key: key.to_string(),
+                    ..Default::default()
+                },
+                Err(e) => pb::GetResult {
+                    key: key.to_string(),
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+            })
+            .collect()
+    }
+
+    pub(super) async fn batch_set_items(
+        &self,
+        req: pb::BatchSetRequest,
+    ) -> Result<pb::BatchSetResponse, Error> {
+        self.check_batch(req.items.len())?;
+        let items = req
+            .items
+            .into_iter()
+            .map(|i| self.item(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let keys: Vec<String> = items.iter().map(|i| i.key.to_string()).collect();
+        let outcomes = self.store.set_many(items).await;
+        let mut resp = pb::BatchSetResponse::default();
+        for (key, outcome) in keys.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(()) => resp.stored += 1,
+                Err(e) => resp.errors.push(key_error(key, &e)),
+            }
+        }
+        Ok(resp)
+    }
+
+    pub(super) async fn batch_delete_keys(
+        &self,
+        req: pb::BatchDeleteRequest,
+    ) -> Result<pb::BatchDeleteResponse, Error> {
+        let keys = self.keys(req.keys)?;
+        let outcomes = self.store.delete_many(&keys).await;
+        let mut resp = pb::BatchDeleteResponse::default();
+        for (key, outcome) in keys.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(true) => resp.deleted += 1,
+                Ok(false) => {}
+                Err(e) => resp.errors.push(key_error(key.to_string(), &e)),
+            }
+        }
+        Ok(resp)
+    }
+}
+
+/// A per-key error with the same text the unary status would carry.
+pub(super) fn key_error(key: String, e: &Error) -> pb::KeyError {
+    pb::KeyError {
+        key,
+        message: e.to_string(),
+    }
+}

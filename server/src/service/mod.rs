@@ -1,0 +1,148 @@
+//! The `memgate.v1.Cache` gRPC service.
+//!
+//! The trait impl only delegates: single-key RPCs live in [`single`], unary
+//! batches in [`batch`], streams in [`stream`]. Requests are parsed into
+//! validated types here at the edge, so nothing is written before every rule
+//! has passed; errors become statuses in one place (`crate::error`).
+
+mod batch;
+mod single;
+mod stream;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use memgate_api::v1 as pb;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::Limits;
+use crate::error::Error;
+use crate::key::{Key, Ttl};
+use crate::store::{Item, Store};
+
+/// The Cache service over a store.
+#[derive(Debug)]
+pub struct CacheService<S> {
+    store: Arc<S>,
+    limits: Limits,
+}
+
+impl<S: Store> CacheService<S> {
+    /// A service answering from `store` within `limits`.
+    pub fn new(store: Arc<S>, limits: Limits) -> Self {
+        CacheService { store, limits }
+    }
+
+    fn key(&self, raw: String) -> Result<Key, Error> {
+        Key::parse(raw.as_str()).map_err(|e| Error::invalid_key(&raw, e))
+    }
+
+    fn keys(&self, raw: Vec<String>) -> Result<Vec<Key>, Error> {
+        self.check_batch(raw.len())?;
+        raw.into_iter().map(|k| self.key(k)).collect()
+    }
+
+    fn check_batch(&self, count: usize) -> Result<(), Error> {
+        if count > self.limits.max_batch_keys {
+            return Err(Error::TooManyKeys {
+                count,
+                max: self.limits.max_batch_keys,
+            });
+        }
+        Ok(())
+    }
+
+    /// Validates a write: key rules, value size for the owning shard, TTL.
+    fn item(&self, req: pb::SetRequest) -> Result<Item, Error> {
+        let key = self.key(req.key)?;
+        let (max, limit) = self.store.max_value_len(&key);
+        if req.value.len() > max {
+            return Err(Error::ValueTooLarge {
+                key: crate::error::shorten(key.as_str()),
+                len: req.value.len(),
+                max,
+                limit,
+            });
+        }
+        let ttl = Ttl::from_secs(req.ttl_seconds.unwrap_or(self.limits.default_ttl));
+        Ok(Item {
+            key,
+            value: req.value.into(),
+            ttl,
+        })
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl<S: Store> pb::cache_server::Cache for CacheService<S> {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        Ok(Response::new(self.get_one(req.into_inner()).await?))
+    }
+
+    async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        Ok(Response::new(self.set_one(req.into_inner()).await?))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        Ok(Response::new(self.delete_one(req.into_inner()).await?))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        Ok(Response::new(self.list_keys(req.into_inner()).await?))
+    }
+
+    async fn batch_get(
+        &self,
+        req: Request<pb::BatchGetRequest>,
+    ) -> Result<Response<pb::BatchGetResponse>, Status> {
+        Ok(Response::new(self.batch_get_keys(req.into_inner()).await?))
+    }
+
+    async fn batch_set(
+        &self,
+        req: Request<pb::BatchSetRequest>,
+    ) -> Result<Response<pb::BatchSetResponse>, Status> {
+        Ok(Response::new(self.batch_set_items(req.into_inner()).await?))
+    }
+
+    async fn batch_delete(
+        &self,
+        req: Request<pb::BatchDeleteRequest>,
+    ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
+        Ok(Response::new(
+            self.batch_delete_keys(req.into_inner()).await?,
+        ))
+    }
+
+    type BatchGetStreamStream = BoxStream<pb::GetResult>;
+
+    async fn batch_get_stream(
+        &self,
+        req: Request<Streaming<pb::GetRequest>>,
+    ) -> Result<Response<Self::BatchGetStreamStream>, Status> {
+        Ok(Response::new(self.get_stream(req.into_inner())))
+    }
+
+    async fn batch_set_stream(
+        &self,
+        req: Request<Streaming<pb::SetRequest>>,
+    ) -> Result<Response<pb::BatchSetResponse>, Status> {
+        Ok(Response::new(self.set_stream(req.into_inner()).await?))
+    }
+
+    async fn batch_delete_stream(
+        &self,
+        req: Request<Streaming<pb::DeleteRequest>>,
+    ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
+        Ok(Response::new(self.delete_stream(req.into_inner()).await?))
+    }
+}

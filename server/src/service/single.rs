@@ -1,0 +1,45 @@
+//! Single-key RPCs: Get, Set, Delete, and List.
+
+use memgate_api::v1 as pb;
+
+use super::CacheService;
+use crate::error::Error;
+use crate::store::Store;
+
+impl<S: Store> CacheService<S> {
+    pub(super) async fn get_one(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Error> {
+        let key = self.key(req.key)?;
+        Ok(match self.store.get(&key).await? {
+            Some(value) => pb::GetResponse {
+                found: true,
+                value: value.into(),
+            },
+            None => pb::GetResponse::default(),
+        })
+    }
+
+    pub(super) async fn set_one(&self, req: pb::SetRequest) -> Result<pb::SetResponse, Error> {
+        let item = self.item(req)?;
+        self.store.set(item).await?;
+        Ok(pb::SetResponse {})
+    }
+
+    pub(super) async fn delete_one(
+        &self,
+        req: pb::DeleteRequest,
+    ) -> Result<pb::DeleteResponse, Error> {
+        let key = self.key(req.key)?;
+        let deleted = self.store.delete(&key).await?;
+        Ok(pb::DeleteResponse { deleted })
+    }
+
+    pub(super) async fn list_keys(&self, req: pb::ListRequest) -> Result<pb::ListResponse, Error> {
+        let max = self.limits.list_max_keys;
+        let limit = match req.limit as usize {
+            0 => max,
+            n => n.min(max),
+        };
+        let keys = self.store.list(&req.prefix, limit).await?;
+        Ok(pb::ListResponse { keys })
+    }
+}

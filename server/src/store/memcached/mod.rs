@@ -1,0 +1,270 @@
+//! The sharded memcached store: each key lives on the one server the ring
+//! picks for it.
+//!
+//! Single-key calls are one command on one shard. Batch calls group keys by
+//! shard and send one multi-key `get` per shard (in chunks, pipelined), so a
+//! batch costs a round trip per shard rather than per key; a shard that
+//! fails only fails its own keys. List fans `lru_crawler metadump all` out
+//! to every shard.
+
+pub mod connection;
+pub mod protocol;
+pub mod ring;
+pub mod shard;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures::future::join_all;
+
+use self::protocol::{Decoder, Reply};
+use self::ring::{Ring, ShardSpec};
+use self::shard::{PoolSettings, Shard};
+use super::{Item, Reachability, Store};
+use crate::error::Error;
+use crate::key::Key;
+
+/// Keys per `get` command; bigger batches are split and pipelined.
+const GET_CHUNK: usize = 100;
+/// Writes in flight at once for one batch.
+const WRITE_CONCURRENCY: usize = 256;
+/// How often List retries a shard whose crawler is busy, and how long it
+/// waits first (doubling each time).
+const LIST_BUSY_RETRIES: u32 = 6;
+const LIST_BUSY_BACKOFF: Duration = Duration::from_millis(25);
+/// A key dump can be long; it gets this many times the normal timeout.
+const LIST_TIMEOUT_FACTOR: u32 = 10;
+
+/// A pool of memcached servers behind a consistent-hash ring.
+#[derive(Debug)]
+pub struct ShardedStore {
+    ring: Ring,
+    shards: Vec<Arc<Shard>>,
+    max_value_bytes: usize,
+    list_timeout: Duration,
+}
+
+impl ShardedStore {
+    /// A store over `shards` (at least one). Nothing connects until used.
+    pub fn new(shards: &[ShardSpec], settings: PoolSettings, max_value_bytes: usize) -> Self {
+        assert!(
+            !shards.is_empty(),
+            "a sharded store needs at least one shard"
+        );
+        let list_timeout = settings.timeout * LIST_TIMEOUT_FACTOR;
+        ShardedStore {
+            ring: Ring::new(shards),
+            shards: shards
+                .iter()
+                .map(|s| Arc::new(Shard::new(s.addr.clone(), settings.clone())))
+                .collect(),
+            max_value_bytes,
+            list_timeout,
+        }
+    }
+
+    /// The shard that owns `key`.
+    pub fn shard_for(&self, key: &str) -> &Shard {
+        &self.shards[self.ring.shard_for(key)]
+    }
+
+    /// Indexes into the caller's slice, grouped by owning shard.
+    fn group_by_shard<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a str>,
+    ) -> HashMap<usize, Vec<usize>> {
+        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, k) in keys.enumerate() {
+            groups.entry(self.ring.shard_for(k)).or_default().push(i);
+        }
+        groups
+    }
+
+    /// One `get` of distinct `keys` on `shard`.
+    async fn get_chunk(shard: &Shard, keys: Vec<String>) -> Result<Vec<(String, Bytes)>, Error> {
+        let mut cmd = BytesMut::new();
+        protocol::encode_get(&mut cmd, &keys);
+        let decoder = Decoder::get(keys, shard.max_reply_value());
+        match shard.request(cmd.freeze(), decoder).await? {
+            Reply::Values(values) => Ok(values),
+            other => Err(unexpected(shard, other)),
+        }
+    }
+
+    /// Lists one shard, retrying while its crawler is busy.
+    async fn list_shard(
+        &self,
+        shard: &Shard,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        let mut backoff = LIST_BUSY_BACKOFF;
+        for _ in 0..LIST_BUSY_RETRIES {
+            let mut cmd = BytesMut::new();
+            protocol::encode_metadump(&mut cmd);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            let decoder = Decoder::metadump(prefix.to_owned(), limit, now);
+            match shard
+                .request_alone(cmd.freeze(), decoder, self.list_timeout)
+                .await?
+            {
+                Reply::Keys(keys) => return Ok(keys),
+                Reply::Busy(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                other => return Err(unexpected(shard, other)),
+            }
+        }
+        Err(Error::ListBusy {
+            addr: shard.addr().to_owned(),
+        })
+    }
+}
+
+fn unexpected(shard: &Shard, reply: Reply) -> Error {
+    let message = match reply {
+        Reply::ServerError(m) => m,
+        Reply::NotStored => "NOT_STORED".to_owned(),
+        other => format!("unexpected reply {other:?}"),
+    };
+    Error::ShardError {
+        addr: shard.addr().to_owned(),
+        message,
+    }
+}
+
+impl Store for ShardedStore {
+    async fn get(&self, key: &Key) -> Result<Option<Bytes>, Error> {
+        let shard = self.shard_for(key.as_str());
+        let values = Self::get_chunk(shard, vec![key.to_string()]).await?;
+        Ok(values.into_iter().next().map(|(_, v)| v))
+    }
+
+    async fn set(&self, item: Item) -> Result<(), Error> {
+        let shard = self.shard_for(item.key.as_str());
+        let mut cmd = BytesMut::new();
+        let exptime = item.ttl.memcached_exptime(SystemTime::now());
+        protocol::encode_set(&mut cmd, item.key.as_str(), exptime, &item.value);
+        match shard.request(cmd.freeze(), Decoder::store()).await? {
+            Reply::Stored => Ok(()),
+            other => Err(unexpected(shard, other)),
+        }
+    }
+
+    async fn delete(&self, key: &Key) -> Result<bool, Error> {
+        let shard = self.shard_for(key.as_str());
+        let mut cmd = BytesMut::new();
+        protocol::encode_delete(&mut cmd, key.as_str());
+        match shard.request(cmd.freeze(), Decoder::delete()).await? {
+            Reply::Deleted => Ok(true),
+            Reply::NotFound => Ok(false),
+            other => Err(unexpected(shard, other)),
+        }
+    }
+
+    async fn get_many(&self, keys: &[Key]) -> Vec<Result<Option<Bytes>, Error>> {
+        let groups = self.group_by_shard(keys.iter().map(Key::as_str));
+        let mut requests = Vec::new();
+        for (shard_index, indexes) in groups {
+            let shard = &self.shards[shard_index];
+            // memcached answers a repeated key twice; ask for each once.
+            let mut distinct: Vec<String> = indexes.iter().map(|&i| keys[i].to_string()).collect();
+            distinct.sort_unstable();
+            distinct.dedup();
+            for chunk in distinct.chunks(GET_CHUNK) {
+                let chunk = chunk.to_vec();
+                requests.push(async move { (shard_index, Self::get_chunk(shard, chunk).await) });
+            }
+        }
+        let mut found: HashMap<String, Bytes> = HashMap::new();
+        let mut failed: HashMap<usize, Error> = HashMap::new();
+        for (shard_index, outcome) in join_all(requests).await {
+            match outcome {
+                Ok(values) => found.extend(values),
+                Err(e) => {
+                    failed.entry(shard_index).or_insert(e);
+                }
+            }
+        }
+        keys.iter()
+            .map(|k| match failed.get(&self.ring.shard_for(k.as_str())) {
+                Some(e) => Err(e.clone()),
+                None => Ok(found.get(k.as_str()).cloned()),
+            })
+            .collect()
+    }
+
+    async fn set_many(&self, items: Vec<Item>) -> Vec<Result<(), Error>> {
+        futures::stream::iter(items)
+            .map(|item| self.set(item))
+            .buffered(WRITE_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    async fn delete_many(&self, keys: &[Key]) -> Vec<Result<bool, Error>> {
+        futures::stream::iter(keys.to_vec())
+            .map(|key| async move { self.delete(&key).await })
+            .buffered(WRITE_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>, Error> {
+        let per_shard = join_all(
+            self.shards
+                .iter()
+                .map(|s| self.list_shard(s, prefix, limit)),
+        )
+        .await;
+        let mut keys = Vec::new();
+        for shard_keys in per_shard {
+            keys.extend(shard_keys?);
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        keys.truncate(limit);
+        Ok(keys)
+    }
+
+    async fn probe(&self) -> Reachability {
+        let results = join_all(self.shards.iter().map(|s| s.probe())).await;
+        Reachability {
+            up: results.iter().filter(|r| r.is_ok()).count(),
+            total: self.shards.len(),
+        }
+    }
+
+    fn max_value_len(&self, key: &Key) -> (usize, String) {
+        let shard = self.shard_for(key.as_str());
+        let shard_max = shard.max_value_len(key.len());
+        if shard_max < self.max_value_bytes {
+            let limit = format!(
+                "shard {} has item_size_max {} bytes, which includes {} bytes of item header and the key",
+                shard.addr(),
+                shard
+                    .item_size_max()
+                    .unwrap_or(shard::DEFAULT_ITEM_SIZE_MAX),
+                shard::ITEM_OVERHEAD
+            );
+            (shard_max, limit)
+        } else {
+            (self.max_value_bytes, "--max-value-bytes".to_owned())
+        }
+    }
+
+    fn describe(&self) -> String {
+        let addrs: Vec<&str> = self.shards.iter().map(|s| s.addr()).collect();
+        format!(
+            "memcached pool of {} shards [{}]",
+            self.shards.len(),
+            addrs.join(", ")
+        )
+    }
+}
