@@ -1,0 +1,280 @@
+//! Test fixtures: real memcached processes on free loopback ports and a
+//! real memgate served in-process, exactly as the binary serves it.
+//!
+//! Readiness is always checked (the port file memcached writes, memgate's
+//! health service), never assumed after a sleep.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use memgate_api::v1::cache_client::CacheClient;
+use memgate_client::Client;
+use memgate_server::config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// One memcached process, killed on drop.
+pub struct Memcached {
+    child: Option<Child>,
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    port: u16,
+    extra_args: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+impl Memcached {
+    /// Starts memcached on a free port.
+    pub fn spawn() -> Memcached {
+        Memcached::spawn_with(&[])
+    }
+
+    /// Starts memcached on a free port with extra flags (e.g. `-I 2m`).
+    pub fn spawn_with(args: &[&str]) -> Memcached {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // memcached drops to `nobody` before writing its port file.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let mut mc = Memcached {
+            child: None,
+            addr: String::new(),
+            port: 0,
+            extra_args: args.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        mc.start_on("-1");
+        mc
+    }
+
+    fn port_file(&self) -> PathBuf {
+        self.dir.path().join("port")
+    }
+
+    fn start_on(&mut self, port: &str) {
+        let port_file = self.port_file();
+        let _ = std::fs::remove_file(&port_file);
+        let mut cmd = Command::new("memcached");
+        cmd.env("MEMCACHED_PORT_FILENAME", &port_file)
+            .args(["-l", "127.0.0.1", "-p", port, "-U", "0", "-m", "64"])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // memcached refuses to run as root without -u.
+        if is_root() {
+            cmd.args(["-u", "nobody"]);
+        }
+        let child = cmd
+            .spawn()
+            .expect("memcached must be installed (apt-get install memcached)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file) {
+                if let Some(p) = text.lines().find_map(|l| l.strip_prefix("TCP INET: ")) {
+                    self.port = p.trim().parse().unwrap();
+                    self.addr = format!("127.0.0.1:{}", self.port);
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "memcached did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a fresh (empty) memcached on the same port after [`kill`].
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "kill it first");
+        let port = self.port.to_string();
+        self.start_on(&port);
+    }
+
+    /// A direct connection, bypassing memgate (memcache-async, as an
+    /// independent memcached client).
+    pub async fn direct(&self) -> memcache_async::ascii::Protocol<tokio::net::TcpStream> {
+        let stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        memcache_async::ascii::Protocol::new(stream)
+    }
+
+    /// Reads a key directly from this memcached; `None` on a miss.
+    pub async fn direct_get(&self, key: &str) -> Option<Vec<u8>> {
+        match self.direct().await.get(key).await {
+            Ok(v) => Some(v),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("direct get of {key:?} from {}: {e}", self.addr),
+        }
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Several memcached processes.
+pub fn pool(n: usize) -> Vec<Memcached> {
+    (0..n).map(|_| Memcached::spawn()).collect()
+}
+
+/// The addresses of a pool.
+pub fn addrs(pool: &[Memcached]) -> Vec<String> {
+    pool.iter().map(|m| m.addr.clone()).collect()
+}
+
+/// A memgate served in-process on a free port.
+pub struct Memgate {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The ergonomic client.
+    pub client: Client,
+    /// The generated stub.
+    pub raw: CacheClient<Channel>,
+    /// The health stub.
+    pub health: HealthClient<Channel>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Memgate {
+    /// Serves the embedded store.
+    pub async fn embedded() -> Memgate {
+        Memgate::start(Config::embedded("127.0.0.1:0".parse().unwrap())).await
+    }
+
+    /// Serves a memcached pool with default settings.
+    pub async fn over(pool: &[Memcached]) -> Memgate {
+        let config = Config::memcached("127.0.0.1:0".parse().unwrap(), &addrs(pool)).unwrap();
+        Memgate::start(config).await
+    }
+
+    /// Starts memgate with `config` without waiting for health.
+    pub async fn start_unready(config: Config) -> Memgate {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            memgate_server::run(listener, config, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("memgate serves");
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        Memgate {
+            addr,
+            client: Client::from_channel(channel.clone()),
+            raw: CacheClient::new(channel.clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+            health: HealthClient::new(channel),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Starts memgate with `config` and waits until health says SERVING.
+    pub async fn start(config: Config) -> Memgate {
+        let mg = Memgate::start_unready(config).await;
+        mg.wait_for_status("", ServingStatus::Serving).await;
+        mg
+    }
+
+    /// The health status of `service`, if it is known.
+    pub async fn status(&self, service: &str) -> Option<ServingStatus> {
+        let resp = self
+            .health
+            .clone()
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(resp.into_inner().status).ok()
+    }
+
+    /// Polls health until `service` reports `want` (10 s at most).
+    pub async fn wait_for_status(&self, service: &str, want: ServingStatus) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if self.status(service).await == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "health of {service:?} never became {want:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops serving and waits for the server task to end.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for Memgate {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A key unique to this test run, so tests sharing a pool never collide.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}:{nanos:x}:{}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Polls `check` until it returns true (`within` at most).
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

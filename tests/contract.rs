@@ -1,0 +1,392 @@
+//! The API contract, run against every store: the embedded store, one
+//! memcached shard and three. Each behaviour is one test per setup, so a
+//! failure names both the rule and the store that broke it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Memcached, Memgate, eventually, unique};
+use futures::StreamExt;
+use memgate_api::v1 as pb;
+use tonic::Code;
+
+/// A running memgate and whatever backs it (kept alive with it).
+pub struct Setup {
+    mg: Memgate,
+    _pool: Vec<Memcached>,
+}
+
+async fn embedded() -> Setup {
+    Setup {
+        mg: Memgate::embedded().await,
+        _pool: Vec::new(),
+    }
+}
+
+async fn shards(n: usize) -> Setup {
+    let pool = common::pool(n);
+    Setup {
+        mg: Memgate::over(&pool).await,
+        _pool: pool,
+    }
+}
+
+macro_rules! contract {
+    ($($store:ident => $setup:expr),+ $(,)?) => {$(
+        mod $store {
+            use super::*;
+            #[tokio::test] async fn set_get_delete() { check_set_get_delete(&$setup.mg).await }
+            #[tokio::test] async fn miss_is_not_an_error() { check_miss(&$setup.mg).await }
+            #[tokio::test] async fn binary_values_round_trip() { check_binary(&$setup.mg).await }
+            #[tokio::test] async fn ttl_expires() { check_ttl(&$setup.mg).await }
+            #[tokio::test] async fn long_ttl_survives() { check_long_ttl(&$setup.mg).await }
+            #[tokio::test] async fn invalid_keys_are_refused() { check_invalid_keys(&$setup.mg).await }
+            #[tokio::test] async fn oversized_values_are_refused() { check_oversize(&$setup.mg).await }
+            #[tokio::test] async fn batch_calls() { check_batches(&$setup.mg).await }
+            #[tokio::test] async fn batch_limits() { check_batch_limits(&$setup.mg).await }
+            #[tokio::test] async fn list_by_prefix() { check_list(&$setup.mg).await }
+            #[tokio::test] async fn streams() { check_streams(&$setup.mg).await }
+            #[tokio::test] async fn concurrent_clients_read_their_writes() { check_concurrency(&$setup.mg).await }
+        }
+    )+};
+}
+
+contract! {
+    embedded_store => embedded().await,
+    one_shard => shards(1).await,
+    three_shards => shards(3).await,
+}
+
+async fn check_set_get_delete(mg: &Memgate) {
+    let c = &mg.client;
+    let key = unique("sgd");
+    c.set(&key, "v1", None).await.unwrap();
+    assert_eq!(c.get(&key).await.unwrap().as_deref(), Some(&b"v1"[..]));
+    c.set(&key, "v2", None).await.unwrap();
+    assert_eq!(c.get(&key).await.unwrap().as_deref(), Some(&b"v2"[..]));
+    assert!(c.delete(&key).await.unwrap(), "existing key reports deleted");
+    assert!(!c.delete(&key).await.unwrap(), "second delete reports not deleted");
+    assert_eq!(c.get(&key).await.unwrap(), None);
+    // Empty values are values.
+    c.set(&key, "", None).await.unwrap();
+    assert_eq!(c.get(&key).await.unwrap().as_deref(), Some(&b""[..]));
+}
+
+async fn check_miss(mg: &Memgate) {
+    let resp = mg
+        .raw
+        .clone()
+        .get(pb::GetRequest {
+            key: unique("never-written"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!resp.found);
+    assert!(resp.value.is_empty());
+}
+
+async fn check_binary(mg: &Memgate) {
+    let key = unique("bin");
+    let value: Vec<u8> = b"\0\r\nEND\r\nVALUE x 0 1\r\n"
+        .iter()
+        .copied()
+        .chain(0..=255u8)
+        .collect();
+    mg.client.set(&key, value.clone(), None).await.unwrap();
+    assert_eq!(mg.client.get(&key).await.unwrap().as_deref(), Some(&value[..]));
+}
+
+async fn check_ttl(mg: &Memgate) {
+    let key = unique("ttl");
+    mg.client.set(&key, "short", Some(1)).await.unwrap();
+    let forever = unique("ttl0");
+    mg.client.set(&forever, "stays", Some(0)).await.unwrap();
+    let gone = eventually(Duration::from_secs(5), || async {
+        mg.client.get(&key).await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "a 1-second TTL item was still there after 5 s");
+    assert!(mg.client.get(&forever).await.unwrap().is_some(), "TTL 0 never expires");
+}
+
+async fn check_long_ttl(mg: &Memgate) {
+    // Over memcached's 30-day relative limit: must not be read as 1970.
+    let key = unique("ttl40d");
+    mg.client.set(&key, "long", Some(40 * 24 * 3600)).await.unwrap();
+    assert_eq!(mg.client.get(&key).await.unwrap().as_deref(), Some(&b"long"[..]));
+}
+
+async fn check_invalid_keys(mg: &Memgate) {
+    let mut raw = mg.raw.clone();
+    let victim = unique("victim");
+    mg.client.set(&victim, "safe", None).await.unwrap();
+    for (key, rule) in [
+        (String::new(), "empty"),
+        ("k".repeat(251), "at most 250 bytes"),
+        (format!("{victim}\r\nflush_all"), "control characters"),
+        (format!("a\r\ndelete {victim}"), "control characters"),
+        ("with space".to_owned(), "spaces"),
+    ] {
+        let err = raw
+            .set(pb::SetRequest {
+                key: key.clone(),
+                value: b"x".to_vec(),
+                ttl_seconds: None,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{key:?}");
+        assert!(err.message().contains(rule), "{key:?}: {}", err.message());
+        let err = raw.get(pb::GetRequest { key: key.clone() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let err = raw.delete(pb::DeleteRequest { key }).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+    // Nothing was injected: the victim is intact.
+    assert_eq!(mg.client.get(&victim).await.unwrap().as_deref(), Some(&b"safe"[..]));
+}
+
+async fn check_oversize(mg: &Memgate) {
+    let key = unique("big");
+    // 1 MiB is the flag's default, and more than memcached's default
+    // item_size_max can hold once the item header is counted.
+    let err = mg
+        .client
+        .set(&key, vec![7u8; 1024 * 1024 + 1], None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.to_string().contains("at most"), "{err}");
+    assert_eq!(mg.client.get(&key).await.unwrap(), None, "nothing written");
+    // A large value that fits is stored intact.
+    let fits = vec![9u8; 1000 * 1024];
+    mg.client.set(&key, fits.clone(), None).await.unwrap();
+    assert_eq!(mg.client.get(&key).await.unwrap().as_deref(), Some(&fits[..]));
+}
+
+async fn check_batches(mg: &Memgate) {
+    let mut raw = mg.raw.clone();
+    let keys: Vec<String> = (0..50).map(|i| unique(&format!("batch{i}"))).collect();
+    let items = keys
+        .iter()
+        .map(|k| pb::SetRequest {
+            key: k.clone(),
+            value: format!("value of {k}").into_bytes(),
+            ttl_seconds: None,
+        })
+        .collect();
+    let set = raw.batch_set(pb::BatchSetRequest { items }).await.unwrap().into_inner();
+    assert_eq!(set.stored, 50);
+    assert!(set.errors.is_empty(), "{:?}", set.errors);
+
+    // Request order is kept, misses and duplicates included.
+    let missing = unique("batch-miss");
+    let mut ask: Vec<String> = keys.iter().rev().cloned().collect();
+    ask.insert(10, missing.clone());
+    ask.push(keys[0].clone());
+    let got = raw
+        .batch_get(pb::BatchGetRequest { keys: ask.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert_eq!(got.len(), ask.len());
+    for (want, r) in ask.iter().zip(&got) {
+        assert_eq!(&r.key, want);
+        assert!(r.error.is_empty(), "{r:?}");
+        if *want == missing {
+            assert!(!r.found);
+        } else {
+            assert!(r.found, "{want}");
+            assert_eq!(r.value, format!("value of {want}").into_bytes());
+        }
+    }
+
+    let mut del = keys[..20].to_vec();
+    del.push(missing);
+    let resp = raw
+        .batch_delete(pb::BatchDeleteRequest { keys: del })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.deleted, 20, "only existing keys count");
+    assert!(resp.errors.is_empty());
+    assert_eq!(mg.client.get(&keys[0]).await.unwrap(), None);
+    assert!(mg.client.get(&keys[20]).await.unwrap().is_some());
+
+    // An invalid item fails the whole batch and writes nothing.
+    let fresh = unique("batch-atomic");
+    let err = raw
+        .batch_set(pb::BatchSetRequest {
+            items: vec![
+                pb::SetRequest {
+                    key: fresh.clone(),
+                    value: b"x".to_vec(),
+                    ttl_seconds: None,
+                },
+                pb::SetRequest {
+                    key: "bad key".into(),
+                    value: b"x".to_vec(),
+                    ttl_seconds: None,
+                },
+            ],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(mg.client.get(&fresh).await.unwrap(), None);
+}
+
+async fn check_batch_limits(mg: &Memgate) {
+    let keys: Vec<String> = (0..1001).map(|i| format!("k{i}")).collect();
+    let err = mg
+        .raw
+        .clone()
+        .batch_get(pb::BatchGetRequest { keys })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("--max-batch-keys"), "{}", err.message());
+    let empty = mg
+        .raw
+        .clone()
+        .batch_get(pb::BatchGetRequest { keys: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(empty.results.is_empty());
+}
+
+async fn check_list(mg: &Memgate) {
+    let mut raw = mg.raw.clone();
+    let prefix = unique("list");
+    let mut want: Vec<String> = (0..30).map(|i| format!("{prefix}:{i:02}")).collect();
+    for k in &want {
+        mg.client.set(k, "x", None).await.unwrap();
+    }
+    let expiring = format!("{prefix}:zz-expiring");
+    mg.client.set(&expiring, "x", Some(1)).await.unwrap();
+    mg.client.set(&unique("other"), "x", None).await.unwrap();
+    want.sort();
+
+    // Expired items are skipped (wait until the item itself is gone).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            mg.client.get(&expiring).await.unwrap().is_none()
+        })
+        .await
+    );
+    let list = |prefix: String, limit: u32| {
+        let mut raw = raw.clone();
+        async move {
+            raw.list(pb::ListRequest { prefix, limit })
+                .await
+                .unwrap()
+                .into_inner()
+                .keys
+        }
+    };
+    assert_eq!(list(prefix.clone(), 0).await, want);
+    assert_eq!(list(prefix.clone(), 5).await, want[..5].to_vec());
+    assert!(list(unique("nothing-here"), 0).await.is_empty());
+    // Deleted keys disappear from the listing.
+    mg.client.delete(&want[0]).await.unwrap();
+    let after = raw
+        .list(pb::ListRequest {
+            prefix: prefix.clone(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(after, want[1..].to_vec());
+}
+
+async fn check_streams(mg: &Memgate) {
+    let mut raw = mg.raw.clone();
+    let prefix = unique("stream");
+    let n = 2000usize; // several chunks
+    let items: Vec<pb::SetRequest> = (0..n)
+        .map(|i| pb::SetRequest {
+            key: format!("{prefix}:{i}"),
+            value: i.to_string().into_bytes(),
+            ttl_seconds: None,
+        })
+        .chain(std::iter::once(pb::SetRequest {
+            key: "bad key".into(),
+            value: vec![],
+            ttl_seconds: None,
+        }))
+        .collect();
+    let set = raw
+        .batch_set_stream(tokio_stream::iter(items))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(set.stored as usize, n);
+    assert_eq!(set.errors.len(), 1);
+    assert_eq!(set.errors[0].key, "bad key");
+
+    let mut asks: Vec<pb::GetRequest> = (0..n)
+        .map(|i| pb::GetRequest {
+            key: format!("{prefix}:{i}"),
+        })
+        .collect();
+    asks.insert(500, pb::GetRequest { key: "bad key".into() });
+    let results: Vec<pb::GetResult> = raw
+        .batch_get_stream(tokio_stream::iter(asks.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    assert_eq!(results.len(), asks.len());
+    for (ask, r) in asks.iter().zip(&results) {
+        assert_eq!(ask.key, r.key, "results keep request order");
+        if r.key == "bad key" {
+            assert!(!r.error.is_empty());
+        } else {
+            let i: usize = r.key.rsplit(':').next().unwrap().parse().unwrap();
+            assert!(r.found && r.value == i.to_string().into_bytes(), "{r:?}");
+        }
+    }
+
+    let dels: Vec<_> = (0..n)
+        .map(|i| pb::DeleteRequest {
+            key: format!("{prefix}:{i}"),
+        })
+        .collect();
+    let del = raw
+        .batch_delete_stream(tokio_stream::iter(dels))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(del.deleted as usize, n);
+    assert!(mg.client.get(&format!("{prefix}:7")).await.unwrap().is_none());
+}
+
+async fn check_concurrency(mg: &Memgate) {
+    let prefix = unique("conc");
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let c = mg.client.clone();
+            let prefix = prefix.clone();
+            tokio::spawn(async move {
+                for round in 0..25 {
+                    let key = format!("{prefix}:{t}:{}", round % 5);
+                    let value = format!("{t}-{round}");
+                    c.set(&key, value.clone(), None).await.unwrap();
+                    let got = c.get(&key).await.unwrap();
+                    assert_eq!(got.as_deref(), Some(value.as_bytes()), "task {t} round {round}");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
