@@ -13,6 +13,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MEMGATE_BIN:-$root/target/debug/memgate}
+export MEMGATE_BIN=$bin
 shards=${SHARDS:-3}
 work=$(mktemp -d)
 chmod 0777 "$work"  # memcached writes its port file after dropping to nobody

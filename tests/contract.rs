@@ -65,8 +65,14 @@ async fn check_set_get_delete(mg: &Memgate) {
     assert_eq!(c.get(&key).await.unwrap().as_deref(), Some(&b"v1"[..]));
     c.set(&key, "v2", None).await.unwrap();
     assert_eq!(c.get(&key).await.unwrap().as_deref(), Some(&b"v2"[..]));
-    assert!(c.delete(&key).await.unwrap(), "existing key reports deleted");
-    assert!(!c.delete(&key).await.unwrap(), "second delete reports not deleted");
+    assert!(
+        c.delete(&key).await.unwrap(),
+        "existing key reports deleted"
+    );
+    assert!(
+        !c.delete(&key).await.unwrap(),
+        "second delete reports not deleted"
+    );
     assert_eq!(c.get(&key).await.unwrap(), None);
     // Empty values are values.
     c.set(&key, "", None).await.unwrap();
@@ -95,7 +101,10 @@ async fn check_binary(mg: &Memgate) {
         .chain(0..=255u8)
         .collect();
     mg.client.set(&key, value.clone(), None).await.unwrap();
-    assert_eq!(mg.client.get(&key).await.unwrap().as_deref(), Some(&value[..]));
+    assert_eq!(
+        mg.client.get(&key).await.unwrap().as_deref(),
+        Some(&value[..])
+    );
 }
 
 async fn check_ttl(mg: &Memgate) {
@@ -108,14 +117,23 @@ async fn check_ttl(mg: &Memgate) {
     })
     .await;
     assert!(gone, "a 1-second TTL item was still there after 5 s");
-    assert!(mg.client.get(&forever).await.unwrap().is_some(), "TTL 0 never expires");
+    assert!(
+        mg.client.get(&forever).await.unwrap().is_some(),
+        "TTL 0 never expires"
+    );
 }
 
 async fn check_long_ttl(mg: &Memgate) {
     // Over memcached's 30-day relative limit: must not be read as 1970.
     let key = unique("ttl40d");
-    mg.client.set(&key, "long", Some(40 * 24 * 3600)).await.unwrap();
-    assert_eq!(mg.client.get(&key).await.unwrap().as_deref(), Some(&b"long"[..]));
+    mg.client
+        .set(&key, "long", Some(40 * 24 * 3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        mg.client.get(&key).await.unwrap().as_deref(),
+        Some(&b"long"[..])
+    );
 }
 
 async fn check_invalid_keys(mg: &Memgate) {
@@ -139,13 +157,19 @@ async fn check_invalid_keys(mg: &Memgate) {
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{key:?}");
         assert!(err.message().contains(rule), "{key:?}: {}", err.message());
-        let err = raw.get(pb::GetRequest { key: key.clone() }).await.unwrap_err();
+        let err = raw
+            .get(pb::GetRequest { key: key.clone() })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         let err = raw.delete(pb::DeleteRequest { key }).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
     }
     // Nothing was injected: the victim is intact.
-    assert_eq!(mg.client.get(&victim).await.unwrap().as_deref(), Some(&b"safe"[..]));
+    assert_eq!(
+        mg.client.get(&victim).await.unwrap().as_deref(),
+        Some(&b"safe"[..])
+    );
 }
 
 async fn check_oversize(mg: &Memgate) {
@@ -163,7 +187,10 @@ async fn check_oversize(mg: &Memgate) {
     // A large value that fits is stored intact.
     let fits = vec![9u8; 1000 * 1024];
     mg.client.set(&key, fits.clone(), None).await.unwrap();
-    assert_eq!(mg.client.get(&key).await.unwrap().as_deref(), Some(&fits[..]));
+    assert_eq!(
+        mg.client.get(&key).await.unwrap().as_deref(),
+        Some(&fits[..])
+    );
 }
 
 async fn check_batches(mg: &Memgate) {
@@ -177,7 +204,11 @@ async fn check_batches(mg: &Memgate) {
             ttl_seconds: None,
         })
         .collect();
-    let set = raw.batch_set(pb::BatchSetRequest { items }).await.unwrap().into_inner();
+    let set = raw
+        .batch_set(pb::BatchSetRequest { items })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(set.stored, 50);
     assert!(set.errors.is_empty(), "{:?}", set.errors);
 
@@ -248,7 +279,11 @@ async fn check_batch_limits(mg: &Memgate) {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("--max-batch-keys"), "{}", err.message());
+    assert!(
+        err.message().contains("--max-batch-keys"),
+        "{}",
+        err.message()
+    );
     let empty = mg
         .raw
         .clone()
@@ -335,7 +370,12 @@ async fn check_streams(mg: &Memgate) {
             key: format!("{prefix}:{i}"),
         })
         .collect();
-    asks.insert(500, pb::GetRequest { key: "bad key".into() });
+    asks.insert(
+        500,
+        pb::GetRequest {
+            key: "bad key".into(),
+        },
+    );
     let results: Vec<pb::GetResult> = raw
         .batch_get_stream(tokio_stream::iter(asks.clone()))
         .await
@@ -366,7 +406,13 @@ async fn check_streams(mg: &Memgate) {
         .unwrap()
         .into_inner();
     assert_eq!(del.deleted as usize, n);
-    assert!(mg.client.get(&format!("{prefix}:7")).await.unwrap().is_none());
+    assert!(
+        mg.client
+            .get(&format!("{prefix}:7"))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn check_concurrency(mg: &Memgate) {
@@ -381,7 +427,11 @@ async fn check_concurrency(mg: &Memgate) {
                     let value = format!("{t}-{round}");
                     c.set(&key, value.clone(), None).await.unwrap();
                     let got = c.get(&key).await.unwrap();
-                    assert_eq!(got.as_deref(), Some(value.as_bytes()), "task {t} round {round}");
+                    assert_eq!(
+                        got.as_deref(),
+                        Some(value.as_bytes()),
+                        "task {t} round {round}"
+                    );
                 }
             })
         })

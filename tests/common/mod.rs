@@ -18,9 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// One memcached process, killed on drop.
 pub struct Memcached {
@@ -78,16 +78,30 @@ impl Memcached {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(text) = std::fs::read_to_string(&port_file) {
-                if let Some(p) = text.lines().find_map(|l| l.strip_prefix("TCP INET: ")) {
-                    self.port = p.trim().parse().unwrap();
-                    self.addr = format!("127.0.0.1:{}", self.port);
-                    return;
-                }
+            let text = std::fs::read_to_string(&port_file).unwrap_or_default();
+            if let Some(p) = text.lines().find_map(|l| l.strip_prefix("TCP INET: ")) {
+                self.port = p.trim().parse().unwrap();
+                self.addr = format!("127.0.0.1:{}", self.port);
+                return;
             }
             assert!(Instant::now() < deadline, "memcached did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// The process id (for SIGSTOP/SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
     }
 
     /// Kills the process (SIGKILL) and waits for it.
@@ -132,6 +146,12 @@ fn is_root() -> bool {
 
 impl Drop for Memcached {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            // A stopped process must be resumed to die promptly.
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.pid().to_string()])
+                .status();
+        }
         self.kill();
     }
 }
@@ -144,6 +164,21 @@ pub fn pool(n: usize) -> Vec<Memcached> {
 /// The addresses of a pool.
 pub fn addrs(pool: &[Memcached]) -> Vec<String> {
     pool.iter().map(|m| m.addr.clone()).collect()
+}
+
+/// A config serving `pool` with defaults, except a quick health probe.
+pub fn config_for(pool: &[Memcached]) -> Config {
+    let mut config = Config::memcached("127.0.0.1:0".parse().unwrap(), &addrs(pool)).unwrap();
+    config.health_interval = Duration::from_millis(100);
+    config
+}
+
+/// Sets the backend timeout of a memcached config.
+pub fn with_timeout(mut config: Config, timeout: Duration) -> Config {
+    if let memgate_server::config::Backend::Memcached { pool, .. } = &mut config.backend {
+        pool.timeout = timeout;
+    }
+    config
 }
 
 /// A memgate served in-process on a free port.
@@ -168,8 +203,7 @@ impl Memgate {
 
     /// Serves a memcached pool with default settings.
     pub async fn over(pool: &[Memcached]) -> Memgate {
-        let config = Config::memcached("127.0.0.1:0".parse().unwrap(), &addrs(pool)).unwrap();
-        Memgate::start(config).await
+        Memgate::start(config_for(pool)).await
     }
 
     /// Starts memgate with `config` without waiting for health.
@@ -226,7 +260,10 @@ impl Memgate {
             if self.status(service).await == Some(want) {
                 return;
             }
-            assert!(Instant::now() < deadline, "health of {service:?} never became {want:?}");
+            assert!(
+                Instant::now() < deadline,
+                "health of {service:?} never became {want:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

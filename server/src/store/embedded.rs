@@ -129,7 +129,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn set_many(&self, items: Vec<Item>) -> Vec<Result<(), Error>> {
-        items.into_iter().map(|i| Ok(self.write(i))).collect()
+        items
+            .into_iter()
+            .map(|i| {
+                self.write(i);
+                Ok(())
+            })
+            .collect()
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Vec<Result<bool, Error>> {

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing,
+# then runs the Rust unit and integration tests (real memcached processes),
+# the grpcurl / grpc-health-probe session, and every language client
+# against a live memgate over a 3-shard memcached pool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$(go env GOPATH)/bin:$PATH"
+
+scripts/setup.sh
+cargo test --workspace
+cargo build -p memgate-server
+scripts/with-stack.sh tests/tools/grpcurl-session.sh
+for lang in python node go; do
+  if [ -f "client/$lang/ci.sh" ]; then
+    echo "== $lang client =="
+    scripts/with-stack.sh bash "client/$lang/ci.sh"
+  fi
+done

@@ -1,0 +1,78 @@
+//! The `memgate` binary's command line: bad flags fail fast with one clear
+//! line and a non-zero exit, never a panic.
+
+use std::process::{Command, Stdio};
+
+fn memgate(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_memgate"))
+        .args(args)
+        .env_remove("MEMGATE_MEMCACHED")
+        .env_remove("MEMGATE_LISTEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_flags_exit_non_zero_with_one_line() {
+    for (args, needle) in [
+        (&["--listen", "not-an-address"][..], "--listen"),
+        (&["--memcached", ",,"], "names no server"),
+        (&["--memcached", "127.0.0.1"], "host:port"),
+        (&["--memcached", "127.0.0.1:11211:0"], "weight"),
+        (&["--max-message-bytes", "10"], "--max-message-bytes"),
+    ] {
+        let (code, stderr) = memgate(args);
+        assert_ne!(code, 0, "{args:?} exited 0");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("memgate:"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = memgate(&["--listen", &addr]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn help_documents_every_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_memgate"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--memcached",
+        "--default-ttl",
+        "--max-value-bytes",
+        "--max-batch-keys",
+        "--max-message-bytes",
+        "--list-max-keys",
+        "--timeout",
+        "--connect-timeout",
+        "--max-idle-conns",
+        "--keepalive",
+        "--health-interval",
+        "--embedded-max-bytes",
+        "--no-reflection",
+        "MEMGATE_MEMCACHED",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+    }
+}

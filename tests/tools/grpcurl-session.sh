@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The README's grpcurl session and health probes, run with the real tools
+# (grpcurl, grpc-health-probe) against a live memgate through reflection:
+# no .proto file is given to either tool. Run inside scripts/with-stack.sh.
+set -euo pipefail
+: "${MEMGATE_TARGET:?run me inside scripts/with-stack.sh}"
+t=$MEMGATE_TARGET
+fail() { echo "FAIL: $*" >&2; exit 1; }
+pass=0
+ok() { pass=$((pass + 1)); echo "ok - $*"; }
+
+services=$(grpcurl -plaintext "$t" list)
+for s in memgate.v1.Cache grpc.health.v1.Health grpc.reflection.v1.ServerReflection; do
+  grep -qx "$s" <<<"$services" || fail "list lacks $s: $services"
+done
+ok "grpcurl list shows the cache, health and reflection services"
+
+desc=$(grpcurl -plaintext "$t" describe memgate.v1.Cache)
+for rpc in Get Set Delete List BatchGet BatchSet BatchDelete BatchGetStream BatchSetStream BatchDeleteStream; do
+  grep -q "rpc $rpc (" <<<"$desc" || fail "describe lacks rpc $rpc"
+done
+ok "grpcurl describe memgate.v1.Cache shows all ten RPCs"
+
+key="readme-$$-$RANDOM"
+out=$(grpcurl -plaintext -d "{\"key\": \"$key\", \"value\": \"aGVsbG8gd29ybGQ=\", \"ttl_seconds\": 300}" "$t" memgate.v1.Cache/Set)
+[ "$(tr -d ' \n' <<<"$out")" = "{}" ] || fail "Set answered $out"
+out=$(grpcurl -plaintext -d "{\"key\": \"$key\"}" "$t" memgate.v1.Cache/Get)
+grep -q '"found": true' <<<"$out" && grep -q '"value": "aGVsbG8gd29ybGQ="' <<<"$out" || fail "Get answered $out"
+ok "grpcurl Set then Get round-trips a base64 value"
+
+out=$(grpcurl -plaintext -d "{\"prefix\": \"$key\"}" "$t" memgate.v1.Cache/List)
+grep -q "\"$key\"" <<<"$out" || fail "List answered $out"
+ok "grpcurl List finds the key by prefix"
+
+set +e
+out=$(grpcurl -plaintext -d '{"key": "bad key"}' "$t" memgate.v1.Cache/Get 2>&1); code=$?
+set -e
+[ "$code" -ne 0 ] && grep -q "InvalidArgument" <<<"$out" || fail "bad key gave exit $code: $out"
+ok "grpcurl sees InvalidArgument for a key with a space"
+
+out=$(grpcurl -plaintext -d '{"service": "memgate.v1.Cache"}' "$t" grpc.health.v1.Health/Check)
+grep -q SERVING <<<"$out" || fail "health via grpcurl: $out"
+ok "grpcurl calls the health service through reflection"
+
+grpc-health-probe -addr "$t" >/dev/null 2>&1 || fail "grpc-health-probe for \"\" exited $?"
+grpc-health-probe -addr "$t" -service memgate.v1.Cache >/dev/null 2>&1 || fail "grpc-health-probe for memgate.v1.Cache exited $?"
+ok "grpc-health-probe: both services SERVING (exit 0)"
+
+set +e
+grpc-health-probe -addr "$t" -service no.such.Service >/dev/null 2>&1; code=$?
+set -e
+[ "$code" -eq 3 ] || fail "unknown service: expected exit 3 (RPC failure NOT_FOUND), got $code"
+ok "grpc-health-probe: unknown service exits 3"
+
+# A memgate whose only shard is unreachable must say NOT_SERVING (exit 4).
+dead_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+lone_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+MEMGATE_LOG=error "${MEMGATE_BIN:?}" --listen "127.0.0.1:$lone_port" --memcached "127.0.0.1:$dead_port" &
+lone=$!
+trap 'kill $lone 2>/dev/null || true' EXIT
+code=2
+for _ in $(seq 1 100); do
+  set +e; grpc-health-probe -addr "127.0.0.1:$lone_port" -service memgate.v1.Cache >/dev/null 2>&1; code=$?; set -e
+  [ "$code" -ne 2 ] && break   # 2: not listening yet
+  sleep 0.1
+done
+[ "$code" -eq 4 ] || fail "memgate without a live shard: expected exit 4 (NOT_SERVING), got $code"
+ok "grpc-health-probe: NOT_SERVING (exit 4) when no shard answers"
+
+echo "$pass passed, 0 failed"
