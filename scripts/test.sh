@@ -9,8 +9,9 @@ export PATH="$(go env GOPATH)/bin:$PATH"
 
 scripts/setup.sh
 cargo test --workspace
-cargo build -p memgate-server
+cargo build -p memgate-server -p memgate-client
 scripts/with-stack.sh tests/tools/grpcurl-session.sh
+scripts/with-stack.sh tests/tools/cli-session.sh
 for lang in python node go; do
   if [ -f "client/$lang/ci.sh" ]; then
     echo "== $lang client =="

@@ -109,9 +109,15 @@ async fn check_binary(mg: &Memgate) {
 
 async fn check_ttl(mg: &Memgate) {
     let key = unique("ttl");
-    mg.client.set(&key, "short", Some(1)).await.unwrap();
+    mg.client
+        .set(&key, "short", Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
     let forever = unique("ttl0");
-    mg.client.set(&forever, "stays", Some(0)).await.unwrap();
+    mg.client
+        .set(&forever, "stays", Some(Duration::from_secs(0)))
+        .await
+        .unwrap();
     let gone = eventually(Duration::from_secs(5), || async {
         mg.client.get(&key).await.unwrap().is_none()
     })
@@ -127,7 +133,7 @@ async fn check_long_ttl(mg: &Memgate) {
     // Over memcached's 30-day relative limit: must not be read as 1970.
     let key = unique("ttl40d");
     mg.client
-        .set(&key, "long", Some(40 * 24 * 3600))
+        .set(&key, "long", Some(Duration::from_secs(40 * 24 * 3600)))
         .await
         .unwrap();
     assert_eq!(
@@ -302,7 +308,10 @@ async fn check_list(mg: &Memgate) {
         mg.client.set(k, "x", None).await.unwrap();
     }
     let expiring = format!("{prefix}:zz-expiring");
-    mg.client.set(&expiring, "x", Some(1)).await.unwrap();
+    mg.client
+        .set(&expiring, "x", Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
     mg.client.set(&unique("other"), "x", None).await.unwrap();
     want.sort();
 

@@ -1,102 +1,595 @@
-//! A typed Rust client for memgate.
+//! A typed Rust client for memgate, the gRPC cache in front of memcached.
 //!
-//! Wraps the generated `memgate.v1.Cache` stub with byte-oriented calls that
-//! return `Option` for a miss and keep the gRPC status on failure.
+//! It wraps the generated `memgate.v1.Cache` stub with calls that take
+//! `&str` keys and byte values, return `Option` for a miss, store serde
+//! types as JSON, retry idempotent calls on `UNAVAILABLE`, and keep the gRPC
+//! status of every failure in one [`Error`] type.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), memgate_client::Error> {
+//! use std::time::Duration;
+//! use memgate_client::Client;
+//!
+//! let client = Client::connect("http://127.0.0.1:50051").await?;
+//! client.set("greeting", "hello", Some(Duration::from_secs(60))).await?;
+//! assert_eq!(client.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//! assert!(client.delete("greeting").await?);
+//! # Ok(()) }
+//! ```
+
+mod error;
+mod retry;
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use memgate_api::v1 as pb;
 use pb::cache_client::CacheClient;
-use tonic::transport::Channel;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Request, Status};
+use tonic_health::pb::health_client::HealthClient;
 
+pub use error::Error;
 pub use memgate_api::v1;
+pub use retry::RetryPolicy;
+pub use tonic_health::ServingStatus;
 
-/// A failed call, with the gRPC status it came back with.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The server could not be reached.
-    #[error("cannot connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    /// The server answered with a non-OK status.
-    #[error("{}: {}", .0.code(), .0.message())]
-    Status(#[from] tonic::Status),
+/// Default deadline of one unary call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest message the client sends or accepts: above the server's default
+/// `--max-message-bytes` (16 MiB), so the server's limit is the one that
+/// applies.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The result of reading one key in a batch or stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lookup {
+    /// The key.
+    pub key: String,
+    /// Its value; `None` on a miss or an error.
+    pub value: Option<Bytes>,
+    /// Why the key could not be read (e.g. its shard is down).
+    pub error: Option<String>,
 }
 
-impl Error {
-    /// The gRPC code, `Unavailable` for connection failures.
-    pub fn code(&self) -> tonic::Code {
-        match self {
-            Error::Connect(_) => tonic::Code::Unavailable,
-            Error::Status(s) => s.code(),
+/// One key of a batch that failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyFailure {
+    /// The key.
+    pub key: String,
+    /// Why, as the server put it.
+    pub message: String,
+}
+
+/// What a batch write or delete did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// Items stored, or keys that existed and were deleted.
+    pub count: u32,
+    /// Items or keys that failed.
+    pub errors: Vec<KeyFailure>,
+}
+
+/// One item to write in a batch or stream.
+#[derive(Clone, Debug)]
+pub struct Item {
+    /// Where to write.
+    pub key: String,
+    /// What to write.
+    pub value: Bytes,
+    /// How long it lives (see [`Client::set`]).
+    pub ttl: Option<Duration>,
+}
+
+impl Item {
+    /// An item with the server's default TTL.
+    pub fn new(key: impl Into<String>, value: impl Into<Bytes>) -> Item {
+        Item {
+            key: key.into(),
+            value: value.into(),
+            ttl: None,
         }
     }
 }
 
-/// A memgate client; cheap to clone (clones share one HTTP/2 connection).
+/// Per-call metadata the client adds to every request: the bearer token
+/// and the deadline. Opaque; set through [`ClientBuilder`].
+#[derive(Clone, Debug)]
+pub struct CallSettings {
+    token: Option<MetadataValue<Ascii>>,
+    timeout: Option<Duration>,
+}
+
+impl Interceptor for CallSettings {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(token) = &self.token {
+            req.metadata_mut().insert("authorization", token.clone());
+        }
+        if let Some(timeout) = self.timeout {
+            req.set_timeout(timeout);
+        }
+        Ok(req)
+    }
+}
+
+/// The generated stub with the client's token and deadline applied.
+pub type RawClient = CacheClient<InterceptedService<Channel, CallSettings>>;
+
+/// Builds a [`Client`]: deadline, token, retries, TLS.
+#[derive(Clone, Debug)]
+pub struct ClientBuilder {
+    target: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    token: Option<String>,
+    retry: RetryPolicy,
+    tls_ca: Option<Vec<u8>>,
+    tls_identity: Option<(Vec<u8>, Vec<u8>)>,
+    tls_domain: Option<String>,
+}
+
+impl ClientBuilder {
+    /// A builder for `target`: `http://host:port`, `https://host:port`, or
+    /// plain `host:port` (plaintext).
+    pub fn new(target: impl Into<String>) -> ClientBuilder {
+        ClientBuilder {
+            target: target.into(),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: Duration::from_secs(5),
+            token: None,
+            retry: RetryPolicy::default(),
+            tls_ca: None,
+            tls_identity: None,
+            tls_domain: None,
+        }
+    }
+
+    /// Deadline of each unary call (sent as `grpc-timeout`).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Longest wait for the connection.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// How idempotent calls are retried.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Trusts this CA (PEM) for an `https` target instead of the system roots.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM) for mutual TLS.
+    pub fn tls_identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls_identity = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// Expects this name in the server certificate (default: the target's host).
+    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.tls_domain = Some(domain.into());
+        self
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, Error> {
+        let uri = if self.target.contains("://") {
+            self.target.clone()
+        } else {
+            format!("http://{}", self.target)
+        };
+        let invalid = |reason: String| Error::InvalidTarget {
+            target: self.target.clone(),
+            reason,
+        };
+        let mut endpoint = Endpoint::from_shared(uri.clone())
+            .map_err(|e| invalid(e.to_string()))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
+        if uri.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new();
+            tls = match &self.tls_ca {
+                Some(pem) => tls.ca_certificate(Certificate::from_pem(pem)),
+                None => tls.with_native_roots(),
+            };
+            if let Some((cert, key)) = &self.tls_identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            if let Some(domain) = &self.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Connects now, failing if the server cannot be reached.
+    pub async fn connect(self) -> Result<Client, Error> {
+        let channel = self.endpoint()?.connect().await?;
+        self.build(channel)
+    }
+
+    /// Connects on first use (and reconnects as needed).
+    pub fn connect_lazy(self) -> Result<Client, Error> {
+        let channel = self.endpoint()?.connect_lazy();
+        self.build(channel)
+    }
+
+    /// A client over an existing channel, with this builder's settings.
+    pub fn build(self, channel: Channel) -> Result<Client, Error> {
+        let token = match &self.token {
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse()
+                    .map_err(|_| Error::InvalidTarget {
+                        target: self.target.clone(),
+                        reason: "the bearer token holds characters not allowed in a header".into(),
+                    })?,
+            ),
+            None => None,
+        };
+        Ok(Client {
+            channel,
+            settings: CallSettings {
+                token,
+                timeout: Some(self.timeout),
+            },
+            retry: self.retry,
+        })
+    }
+}
+
+/// A memgate client. Cheap to clone: clones share one HTTP/2 connection.
 #[derive(Clone, Debug)]
 pub struct Client {
-    inner: CacheClient<Channel>,
+    channel: Channel,
+    settings: CallSettings,
+    retry: RetryPolicy,
 }
 
 impl Client {
-    /// Connects to `target`, e.g. `http://127.0.0.1:50051`.
+    /// Connects to `target` with default settings (5 s deadline, 3 attempts
+    /// for idempotent calls).
     pub async fn connect(target: impl Into<String>) -> Result<Client, Error> {
-        let channel = Channel::from_shared(target.into())
-            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-            .connect()
-            .await?;
-        Ok(Client::from_channel(channel))
+        ClientBuilder::new(target).connect().await
     }
 
-    /// Wraps an existing channel.
+    /// A builder for custom settings.
+    pub fn builder(target: impl Into<String>) -> ClientBuilder {
+        ClientBuilder::new(target)
+    }
+
+    /// Wraps an existing channel with default settings.
     pub fn from_channel(channel: Channel) -> Client {
-        Client {
-            inner: CacheClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024),
-        }
+        ClientBuilder::new("")
+            .build(channel)
+            .expect("no token to validate")
     }
 
-    /// The generated stub, for calls this wrapper does not cover.
-    pub fn raw(&self) -> CacheClient<Channel> {
-        self.inner.clone()
+    /// A clone whose unary calls use `timeout` as their deadline.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        let mut c = self.clone();
+        c.settings.timeout = Some(timeout);
+        c
     }
 
-    /// Reads a key; `None` on a miss.
+    /// The generated stub with this client's token and deadline, for calls
+    /// the wrapper does not cover.
+    pub fn raw(&self) -> RawClient {
+        CacheClient::with_interceptor(self.channel.clone(), self.settings.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// The stub for streams: they carry no default deadline, since a long
+    /// stream is not a slow call.
+    fn stream_stub(&self) -> RawClient {
+        let settings = CallSettings {
+            timeout: None,
+            ..self.settings.clone()
+        };
+        CacheClient::with_interceptor(self.channel.clone(), settings)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Reads `key`; `None` on a miss. Retried on `UNAVAILABLE`.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
         let resp = self
-            .inner
-            .clone()
-            .get(pb::GetRequest { key: key.into() })
+            .retry
+            .run(true, || {
+                let mut stub = self.raw();
+                let req = pb::GetRequest { key: key.into() };
+                async move { stub.get(req).await }
+            })
             .await?
             .into_inner();
         Ok(resp.found.then(|| resp.value.into()))
     }
 
-    /// Stores a value, with the server's default TTL when `ttl_seconds` is `None`.
+    /// Stores `value` under `key`. `ttl`: `None` uses the server's default
+    /// TTL, `Some(Duration::ZERO)` never expires, anything else is rounded
+    /// up to whole seconds. Returns once memcached acknowledged the write.
     pub async fn set(
         &self,
         key: &str,
-        value: impl Into<Vec<u8>>,
-        ttl_seconds: Option<u32>,
+        value: impl Into<Bytes>,
+        ttl: Option<Duration>,
     ) -> Result<(), Error> {
-        self.inner
-            .clone()
-            .set(pb::SetRequest {
-                key: key.into(),
-                value: value.into(),
-                ttl_seconds,
+        let value: Bytes = value.into();
+        self.retry
+            .run(self.retry.retry_writes, || {
+                let mut stub = self.raw();
+                let req = pb::SetRequest {
+                    key: key.into(),
+                    value: value.to_vec(),
+                    ttl_seconds: ttl_seconds(ttl),
+                };
+                async move { stub.set(req).await }
             })
             .await?;
         Ok(())
     }
 
-    /// Deletes a key; `true` if it existed.
+    /// Deletes `key`; `true` if it existed. Retried on `UNAVAILABLE`.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         let resp = self
-            .inner
-            .clone()
-            .delete(pb::DeleteRequest { key: key.into() })
+            .retry
+            .run(true, || {
+                let mut stub = self.raw();
+                let req = pb::DeleteRequest { key: key.into() };
+                async move { stub.delete(req).await }
+            })
             .await?;
         Ok(resp.into_inner().deleted)
+    }
+
+    /// Keys starting with `prefix`, sorted, at most `limit` (0: the
+    /// server's maximum). On memcached this is a snapshot (see the proto).
+    pub async fn list(&self, prefix: &str, limit: u32) -> Result<Vec<String>, Error> {
+        let resp = self
+            .retry
+            .run(true, || {
+                let mut stub = self.raw();
+                let req = pb::ListRequest {
+                    prefix: prefix.into(),
+                    limit,
+                };
+                async move { stub.list(req).await }
+            })
+            .await?;
+        Ok(resp.into_inner().keys)
+    }
+
+    /// Reads many keys in one call: one [`Lookup`] per key, in order.
+    pub async fn get_many<I, K>(&self, keys: I) -> Result<Vec<Lookup>, Error>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
+        let resp = self
+            .retry
+            .run(true, || {
+                let mut stub = self.raw();
+                let req = pb::BatchGetRequest { keys: keys.clone() };
+                async move { stub.batch_get(req).await }
+            })
+            .await?;
+        Ok(resp.into_inner().results.into_iter().map(lookup).collect())
+    }
+
+    /// Writes many items in one call. An invalid item fails the whole call;
+    /// items that fail at their shard are listed in the outcome.
+    pub async fn set_many<I>(&self, items: I) -> Result<BatchOutcome, Error>
+    where
+        I: IntoIterator<Item = Item>,
+    {
+        let items: Vec<pb::SetRequest> = items.into_iter().map(set_request).collect();
+        let resp = self
+            .retry
+            .run(self.retry.retry_writes, || {
+                let mut stub = self.raw();
+                let req = pb::BatchSetRequest {
+                    items: items.clone(),
+                };
+                async move { stub.batch_set(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok(outcome(resp.stored, resp.errors))
+    }
+
+    /// Deletes many keys in one call; the count is of keys that existed.
+    pub async fn delete_many<I, K>(&self, keys: I) -> Result<BatchOutcome, Error>
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<String>,
+    {
+        let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
+        let resp = self
+            .retry
+            .run(true, || {
+                let mut stub = self.raw();
+                let req = pb::BatchDeleteRequest { keys: keys.clone() };
+                async move { stub.batch_delete(req).await }
+            })
+            .await?
+            .into_inner();
+        Ok(outcome(resp.deleted, resp.errors))
+    }
+
+    /// Streams keys in and lookups out, in order (BatchGetStream). Memory
+    /// stays bounded on both sides however many keys flow.
+    pub async fn get_stream<S>(
+        &self,
+        keys: S,
+    ) -> Result<impl Stream<Item = Result<Lookup, Error>> + use<S>, Error>
+    where
+        S: Stream<Item = String> + Send + 'static,
+    {
+        let requests = keys.map(|key| pb::GetRequest { key });
+        let results = self
+            .stream_stub()
+            .batch_get_stream(requests)
+            .await?
+            .into_inner();
+        Ok(results.map(|r| r.map(lookup).map_err(Error::from)))
+    }
+
+    /// Streams items to the server (BatchSetStream); the outcome arrives
+    /// once the stream ends. Invalid items are reported, not fatal.
+    pub async fn set_stream<S>(&self, items: S) -> Result<BatchOutcome, Error>
+    where
+        S: Stream<Item = Item> + Send + 'static,
+    {
+        let resp = self
+            .stream_stub()
+            .batch_set_stream(items.map(set_request))
+            .await?
+            .into_inner();
+        Ok(outcome(resp.stored, resp.errors))
+    }
+
+    /// Streams keys to delete (BatchDeleteStream).
+    pub async fn delete_stream<S>(&self, keys: S) -> Result<BatchOutcome, Error>
+    where
+        S: Stream<Item = String> + Send + 'static,
+    {
+        let resp = self
+            .stream_stub()
+            .batch_delete_stream(keys.map(|key| pb::DeleteRequest { key }))
+            .await?
+            .into_inner();
+        Ok(outcome(resp.deleted, resp.errors))
+    }
+
+    /// Reads `key` and decodes it from JSON; `None` on a miss, and
+    /// [`Error::Decode`] when the stored bytes are not a `T`.
+    pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| Error::Decode {
+                        key: key.to_owned(),
+                        source,
+                    })
+            }
+        }
+    }
+
+    /// Stores `value` as JSON (see [`Client::set`] for `ttl`).
+    pub async fn set_json<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), Error> {
+        let bytes = serde_json::to_vec(value).map_err(Error::Encode)?;
+        self.set(key, bytes, ttl).await
+    }
+
+    /// The health of `service` ("" for the whole server,
+    /// "memgate.v1.Cache" for the cache).
+    pub async fn health(&self, service: &str) -> Result<ServingStatus, Error> {
+        let mut health =
+            HealthClient::with_interceptor(self.channel.clone(), self.settings.clone());
+        let resp = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await?
+            .into_inner();
+        use tonic_health::pb::health_check_response::ServingStatus as Wire;
+        Ok(match Wire::try_from(resp.status) {
+            Ok(Wire::Serving) => ServingStatus::Serving,
+            Ok(Wire::NotServing) => ServingStatus::NotServing,
+            _ => ServingStatus::Unknown,
+        })
+    }
+}
+
+/// The API's TTL seconds: `None` → server default, zero → never expires,
+/// else whole seconds rounded up (a sub-second TTL must not mean "forever").
+fn ttl_seconds(ttl: Option<Duration>) -> Option<u32> {
+    ttl.map(|d| {
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        u32::try_from(secs).unwrap_or(u32::MAX)
+    })
+}
+
+fn set_request(item: Item) -> pb::SetRequest {
+    pb::SetRequest {
+        key: item.key,
+        value: item.value.to_vec(),
+        ttl_seconds: ttl_seconds(item.ttl),
+    }
+}
+
+fn lookup(r: pb::GetResult) -> Lookup {
+    Lookup {
+        key: r.key,
+        value: r.found.then(|| r.value.into()),
+        error: (!r.error.is_empty()).then_some(r.error),
+    }
+}
+
+fn outcome(count: u32, errors: Vec<pb::KeyError>) -> BatchOutcome {
+    BatchOutcome {
+        count,
+        errors: errors
+            .into_iter()
+            .map(|e| KeyFailure {
+                key: e.key,
+                message: e.message,
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_and_keeps_zero_and_none() {
+        assert_eq!(ttl_seconds(None), None);
+        assert_eq!(ttl_seconds(Some(Duration::ZERO)), Some(0));
+        assert_eq!(ttl_seconds(Some(Duration::from_millis(1))), Some(1));
+        assert_eq!(ttl_seconds(Some(Duration::from_millis(1500))), Some(2));
+        assert_eq!(ttl_seconds(Some(Duration::from_secs(60))), Some(60));
+        assert_eq!(
+            ttl_seconds(Some(Duration::from_secs(u64::MAX))),
+            Some(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn targets_without_a_scheme_are_plaintext() {
+        let e = ClientBuilder::new("127.0.0.1:50051").endpoint().unwrap();
+        assert_eq!(e.uri().scheme_str(), Some("http"));
+        assert!(ClientBuilder::new("http://bad host:1").endpoint().is_err());
     }
 }

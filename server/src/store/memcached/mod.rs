@@ -31,10 +31,12 @@ use crate::key::Key;
 const GET_CHUNK: usize = 100;
 /// Writes in flight at once for one batch.
 const WRITE_CONCURRENCY: usize = 256;
-/// How often List retries a shard whose crawler is busy, and how long it
-/// waits first (doubling each time).
-const LIST_BUSY_RETRIES: u32 = 6;
-const LIST_BUSY_BACKOFF: Duration = Duration::from_millis(25);
+/// How long List keeps retrying a shard whose crawler is busy (memcached
+/// runs one crawl at a time, and crawls on its own to reclaim expired
+/// items), and the first wait between tries (doubling up to the cap).
+const LIST_BUSY_PATIENCE: Duration = Duration::from_secs(3);
+const LIST_BUSY_BACKOFF: Duration = Duration::from_millis(10);
+const LIST_BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// A key dump can be long; it gets this many times the normal timeout.
 const LIST_TIMEOUT_FACTOR: u32 = 10;
 
@@ -102,7 +104,8 @@ impl ShardedStore {
         limit: usize,
     ) -> Result<Vec<String>, Error> {
         let mut backoff = LIST_BUSY_BACKOFF;
-        for _ in 0..LIST_BUSY_RETRIES {
+        let give_up = tokio::time::Instant::now() + LIST_BUSY_PATIENCE;
+        while tokio::time::Instant::now() < give_up {
             let mut cmd = BytesMut::new();
             protocol::encode_metadump(&mut cmd);
             let now = SystemTime::now()
@@ -116,7 +119,7 @@ impl ShardedStore {
                 Reply::Keys(keys) => return Ok(keys),
                 Reply::Busy(_) => {
                     tokio::time::sleep(backoff).await;
-                    backoff *= 2;
+                    backoff = (backoff * 2).min(LIST_BUSY_BACKOFF_MAX);
                 }
                 other => return Err(unexpected(shard, other)),
             }

@@ -1,0 +1,293 @@
+//! `memgate-cli`: the operator's command line for memgate, for when grpcurl
+//! is not at hand. Values come from arguments, files or stdin; `get` prints
+//! the raw value and exits 1 on a miss, so it composes in shell scripts.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use memgate_client::{Client, Error, Item, Lookup, ServingStatus};
+use serde_json::{Value, json};
+
+/// Talk to a memgate server.
+#[derive(Parser, Debug)]
+#[command(name = "memgate-cli", version, about)]
+struct Cli {
+    /// Server address: http://host:port, https://host:port or host:port.
+    #[arg(long, env = "MEMGATE_TARGET", default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Deadline of each call, e.g. 500ms or 5s.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Bearer token sent with every call.
+    #[arg(long, env = "MEMGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) to trust for an https target.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Print results as JSON (values as UTF-8 text when they are, else
+    /// base64 under `value_base64`).
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a key's value (exit 1 on a miss).
+    Get { key: String },
+    /// Store a value: from VALUE, --file, or stdin when neither is given.
+    Set {
+        key: String,
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, conflicts_with = "value")]
+        file: Option<PathBuf>,
+        /// TTL in seconds (0: never expires; default: the server's).
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Delete a key (exit 1 if it did not exist).
+    Delete { key: String },
+    /// List keys by prefix.
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// Most keys to return (0: the server's maximum).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
+    /// Read several keys in one call.
+    BatchGet {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Store several KEY=VALUE pairs in one call.
+    BatchSet {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+        /// TTL in seconds for every item.
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Delete several keys in one call.
+    BatchDelete {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Print the server's health ("" or --service memgate.v1.Cache); exit 1
+    /// unless SERVING.
+    Health {
+        #[arg(long, default_value = "")]
+        service: String,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("bad duration {s:?}: use ms, s or m")),
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("memgate-cli: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let mut builder = Client::builder(cli.target.clone()).timeout(cli.timeout);
+    if let Some(token) = &cli.token {
+        builder = builder.bearer_token(token);
+    }
+    if let Some(ca) = &cli.ca {
+        let pem =
+            std::fs::read(ca).map_err(|e| local(format!("cannot read {}: {e}", ca.display())))?;
+        builder = builder.tls_ca_pem(pem);
+    }
+    let client = builder.connect().await?;
+    let json = cli.json;
+    match cli.command {
+        Command::Get { key } => {
+            let value = client.get(&key).await?;
+            if json {
+                print_json(&lookup_json(&Lookup {
+                    key,
+                    value: value.clone(),
+                    error: None,
+                }));
+            } else if let Some(v) = &value {
+                std::io::stdout()
+                    .write_all(v)
+                    .map_err(|e| local(e.to_string()))?;
+            }
+            Ok(exit(value.is_some()))
+        }
+        Command::Set {
+            key,
+            value,
+            file,
+            ttl,
+        } => {
+            let bytes = match (value, file) {
+                (Some(v), _) => v.into_bytes(),
+                (None, Some(path)) => std::fs::read(&path)
+                    .map_err(|e| local(format!("cannot read {}: {e}", path.display())))?,
+                (None, None) => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut buf)
+                        .map_err(|e| local(format!("cannot read stdin: {e}")))?;
+                    buf
+                }
+            };
+            client
+                .set(&key, bytes, ttl.map(|s| Duration::from_secs(s.into())))
+                .await?;
+            if json {
+                print_json(&json!({"key": key, "stored": true}));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Delete { key } => {
+            let deleted = client.delete(&key).await?;
+            if json {
+                print_json(&json!({"key": key, "deleted": deleted}));
+            }
+            Ok(exit(deleted))
+        }
+        Command::List { prefix, limit } => {
+            let keys = client.list(&prefix, limit).await?;
+            if json {
+                print_json(&json!({ "keys": keys }));
+            } else {
+                for k in keys {
+                    println!("{k}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::BatchGet { keys } => {
+            let results = client.get_many(keys).await?;
+            let all_found = results.iter().all(|r| r.value.is_some());
+            if json {
+                print_json(&Value::Array(results.iter().map(lookup_json).collect()));
+            } else {
+                for r in &results {
+                    match (&r.value, &r.error) {
+                        (_, Some(e)) => println!("{}\terror: {e}", r.key),
+                        (Some(v), None) => println!("{}\t{}", r.key, String::from_utf8_lossy(v)),
+                        (None, None) => println!("{}\t(miss)", r.key),
+                    }
+                }
+            }
+            Ok(exit(all_found))
+        }
+        Command::BatchSet { pairs, ttl } => {
+            let ttl = ttl.map(|s| Duration::from_secs(s.into()));
+            let items = pairs
+                .iter()
+                .map(|p| {
+                    let (k, v) = p
+                        .split_once('=')
+                        .ok_or_else(|| local(format!("{p:?} is not KEY=VALUE")))?;
+                    Ok(Item {
+                        ttl,
+                        ..Item::new(k, v.to_owned())
+                    })
+                })
+                .collect::<Result<Vec<_>, Error>>()?;
+            let outcome = client.set_many(items).await?;
+            report_outcome(json, "stored", &outcome)
+        }
+        Command::BatchDelete { keys } => {
+            let outcome = client.delete_many(keys).await?;
+            report_outcome(json, "deleted", &outcome)
+        }
+        Command::Health { service } => {
+            let status = client.health(&service).await?;
+            let name = match status {
+                ServingStatus::Serving => "SERVING",
+                ServingStatus::NotServing => "NOT_SERVING",
+                ServingStatus::Unknown => "UNKNOWN",
+            };
+            if json {
+                print_json(&json!({"service": service, "status": name}));
+            } else {
+                println!("{name}");
+            }
+            Ok(exit(status == ServingStatus::Serving))
+        }
+    }
+}
+
+fn report_outcome(
+    json: bool,
+    what: &str,
+    outcome: &memgate_client::BatchOutcome,
+) -> Result<ExitCode, Error> {
+    if json {
+        let errors: Vec<Value> = outcome
+            .errors
+            .iter()
+            .map(|e| json!({"key": e.key, "message": e.message}))
+            .collect();
+        print_json(&json!({ what: outcome.count, "errors": errors }));
+    } else {
+        println!("{what} {}", outcome.count);
+        for e in &outcome.errors {
+            eprintln!("{}: {}", e.key, e.message);
+        }
+    }
+    Ok(exit(outcome.errors.is_empty()))
+}
+
+fn lookup_json(r: &Lookup) -> Value {
+    let mut obj = json!({"key": r.key, "found": r.value.is_some()});
+    if let Some(v) = &r.value {
+        match std::str::from_utf8(v) {
+            Ok(text) => obj["value"] = json!(text),
+            Err(_) => {
+                obj["value_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(v))
+            }
+        }
+    }
+    if let Some(e) = &r.error {
+        obj["error"] = json!(e);
+    }
+    obj
+}
+
+fn print_json(v: &Value) {
+    println!("{v}");
+}
+
+fn exit(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// A local failure (bad input file, bad pair) in the client's error type.
+fn local(message: String) -> Error {
+    Error::Status(tonic::Status::invalid_argument(message))
+}

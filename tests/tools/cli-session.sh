@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# memgate-cli as an operator types it, against a live memgate over real
+# memcached. Run inside scripts/with-stack.sh.
+set -euo pipefail
+: "${MEMGATE_TARGET:?run me inside scripts/with-stack.sh}"
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cli=${MEMGATE_CLI:-$root/target/debug/memgate-cli}
+export MEMGATE_TARGET="http://$MEMGATE_TARGET"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+pass=0
+ok() { pass=$((pass + 1)); echo "ok - $*"; }
+k="cli-$$-$RANDOM"
+
+"$cli" set "$k:a" "hello world"
+[ "$("$cli" get "$k:a")" = "hello world" ] || fail "get after set"
+ok "set from an argument, get prints the raw value"
+
+printf 'from\0stdin\r\n' | "$cli" set "$k:b" --ttl 300
+"$cli" get "$k:b" | cmp - <(printf 'from\0stdin\r\n') || fail "stdin value changed"
+ok "set from stdin keeps binary bytes"
+
+head -c 4096 /dev/urandom > "$BASH_SOURCE.tmp.$$"
+trap 'rm -f "$BASH_SOURCE.tmp.$$"' EXIT
+"$cli" set "$k:c" --file "$BASH_SOURCE.tmp.$$"
+"$cli" get "$k:c" | cmp - "$BASH_SOURCE.tmp.$$" || fail "file value changed"
+ok "set from a file"
+
+set +e; "$cli" get "$k:missing" >/dev/null; code=$?; set -e
+[ "$code" -eq 1 ] || fail "a miss exits $code, want 1"
+ok "a miss exits 1"
+
+[ "$("$cli" --json get "$k:a")" = "{\"found\":true,\"key\":\"$k:a\",\"value\":\"hello world\"}" ] ||
+  fail "json get: $("$cli" --json get "$k:a")"
+printf '\xff\xfe\x00' | "$cli" set "$k:bin"
+"$cli" --json get "$k:bin" | grep -q '"value_base64":"//4A"' || fail "non-UTF-8 json is not base64: $("$cli" --json get "$k:bin")"
+"$cli" delete "$k:bin" >/dev/null
+ok "--json prints text values as text and binary as base64"
+
+got=$("$cli" list "$k:" 2>&1) || true
+[ "$got" = "$(printf '%s\n' "$k:a" "$k:b" "$k:c")" ] || fail "list: $got"
+ok "list by prefix"
+
+"$cli" batch-set "$k:x=1" "$k:y=2" | grep -qx "stored 2" || fail "batch-set"
+out=$("$cli" batch-get "$k:x" "$k:y" "$k:z" || true)
+[ "$out" = "$(printf '%s\t1\n%s\t2\n%s\t(miss)' "$k:x" "$k:y" "$k:z")" ] || fail "batch-get: $out"
+"$cli" batch-delete "$k:x" "$k:y" "$k:z" | grep -qx "deleted 2" || fail "batch-delete"
+ok "batch-set, batch-get, batch-delete"
+
+"$cli" delete "$k:a" >/dev/null || fail "delete of an existing key"
+set +e; "$cli" delete "$k:a"; code=$?; set -e
+[ "$code" -eq 1 ] || fail "deleting a missing key exits $code, want 1"
+ok "delete exits 0 when the key existed, 1 when not"
+
+[ "$("$cli" health)" = SERVING ] && [ "$("$cli" health --service memgate.v1.Cache)" = SERVING ] || fail health
+ok "health of both services"
+
+set +e; err=$("$cli" set "bad key" v 2>&1); code=$?; set -e
+[ "$code" -eq 2 ] && grep -q "InvalidArgument\|invalid argument\|Client specified an invalid argument" <<<"$err" || fail "bad key: exit $code: $err"
+grep -q "spaces" <<<"$err" || fail "bad key message: $err"
+ok "a bad key is a clear error, exit 2"
+
+echo "$pass passed, 0 failed"
