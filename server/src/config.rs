@@ -2,10 +2,12 @@
 //! validated [`Config`] they become before anything binds or connects.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 
+use crate::auth::Tokens;
 use crate::store::memcached::ring::ShardSpec;
 use crate::store::memcached::shard::PoolSettings;
 
@@ -89,6 +91,94 @@ pub struct Cli {
     /// without the .proto).
     #[arg(long, env = "MEMGATE_NO_REFLECTION")]
     pub no_reflection: bool,
+
+    /// Most Cache calls in flight across the whole server; more are refused
+    /// at once with RESOURCE_EXHAUSTED (health and reflection are exempt).
+    #[arg(long, env = "MEMGATE_MAX_CONCURRENT_CALLS", default_value_t = 4096)]
+    pub max_concurrent_calls: usize,
+
+    /// HTTP/2 MAX_CONCURRENT_STREAMS advertised to each client connection.
+    #[arg(long, env = "MEMGATE_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+
+    /// HTTP/2 PING interval on idle client connections (`0s`: off).
+    #[arg(long, env = "MEMGATE_HTTP2_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub http2_keepalive: Duration,
+
+    /// On SIGTERM: how long in-flight calls and streams may take to finish
+    /// before memgate closes their connections and exits.
+    #[arg(long, env = "MEMGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "MEMGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) for --tls-cert.
+    #[arg(long, env = "MEMGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Require client certificates signed by this CA (PEM): mutual TLS.
+    #[arg(long, env = "MEMGATE_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Require `authorization: Bearer <token>` on Cache calls, with the
+    /// tokens in this file (one per line). Health and reflection stay open.
+    #[arg(long, env = "MEMGATE_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+}
+
+/// PEM material for serving TLS. `Debug` hides the key.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: Vec<u8>,
+    /// Private key.
+    pub key: Vec<u8>,
+    /// CA for client certificates (mutual TLS), if required.
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("mutual", &self.client_ca.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How the gRPC server itself behaves.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Most Cache calls in flight, server-wide.
+    pub max_concurrent_calls: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 keepalive PING interval.
+    pub http2_keepalive: Option<Duration>,
+    /// Bound on draining at shutdown.
+    pub shutdown_grace: Duration,
+    /// TLS, if served.
+    pub tls: Option<TlsFiles>,
+    /// Accepted bearer tokens, if required.
+    pub tokens: Option<Tokens>,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings {
+            max_concurrent_calls: 4096,
+            max_concurrent_streams: 1024,
+            http2_keepalive: Some(Duration::from_secs(30)),
+            shutdown_grace: Duration::from_secs(10),
+            tls: None,
+            tokens: None,
+        }
+    }
+}
+
+fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))
 }
 
 /// Which store serves the keys.
@@ -148,6 +238,8 @@ pub struct Config {
     pub health_interval: Duration,
     /// Serve reflection.
     pub reflection: bool,
+    /// The gRPC server's own limits, TLS and authentication.
+    pub server: ServerSettings,
 }
 
 impl Config {
@@ -161,6 +253,7 @@ impl Config {
             limits: Limits::default(),
             health_interval: Duration::from_secs(1),
             reflection: true,
+            server: ServerSettings::default(),
         }
     }
 
@@ -223,6 +316,41 @@ impl TryFrom<Cli> for Config {
                 return Err(format!("{flag} must be longer than zero"));
             }
         }
+        if cli.max_concurrent_calls == 0 || cli.max_concurrent_streams == 0 {
+            return Err(
+                "--max-concurrent-calls and --max-concurrent-streams must be at least 1".to_owned(),
+            );
+        }
+        let tls = match (&cli.tls_cert, &cli.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: read_file("--tls-cert", cert)?,
+                key: read_file("--tls-key", key)?,
+                client_ca: match &cli.tls_client_ca {
+                    Some(ca) => Some(read_file("--tls-client-ca", ca)?),
+                    None => None,
+                },
+            }),
+            _ => None,
+        };
+        let tokens = match &cli.auth_token_file {
+            Some(path) => {
+                let text = String::from_utf8(read_file("--auth-token-file", path)?)
+                    .map_err(|_| format!("--auth-token-file {}: not UTF-8 text", path.display()))?;
+                Some(
+                    Tokens::parse(&text)
+                        .map_err(|e| format!("--auth-token-file {}: {e}", path.display()))?,
+                )
+            }
+            None => None,
+        };
+        let server = ServerSettings {
+            max_concurrent_calls: cli.max_concurrent_calls,
+            max_concurrent_streams: cli.max_concurrent_streams,
+            http2_keepalive: (!cli.http2_keepalive.is_zero()).then_some(cli.http2_keepalive),
+            shutdown_grace: cli.shutdown_grace,
+            tls,
+            tokens,
+        };
         let backend = if shards.is_empty() {
             Backend::Embedded {
                 max_bytes: cli.embedded_max_bytes,
@@ -250,6 +378,7 @@ impl TryFrom<Cli> for Config {
             },
             health_interval: cli.health_interval,
             reflection: !cli.no_reflection,
+            server,
         })
     }
 }
@@ -300,6 +429,20 @@ mod tests {
             (&["--max-value-bytes", "0"], "at least 1"),
             (&["--max-message-bytes", "1000"], "--max-message-bytes"),
             (&["--timeout", "0s"], "--timeout"),
+            (
+                &["--auth-token-file", "/nonexistent/tokens"],
+                "--auth-token-file",
+            ),
+            (
+                &[
+                    "--tls-cert",
+                    "/nonexistent/cert",
+                    "--tls-key",
+                    "/nonexistent/key",
+                ],
+                "--tls-cert",
+            ),
+            (&["--max-concurrent-calls", "0"], "at least 1"),
         ] {
             let err = parse(args).unwrap_err();
             assert!(err.contains(needle), "{args:?}: {err}");

@@ -4,10 +4,12 @@
 //! future completes, so tests start it in-process exactly as the binary
 //! does. `main.rs` only parses flags, sets up logging and calls it.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod key;
+pub mod layers;
 pub mod service;
 pub mod store;
 
@@ -18,8 +20,12 @@ use memgate_api::v1::cache_server::CacheServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+
+use crate::auth::Auth;
+use crate::layers::{DeadlineLayer, ShedLayer};
 
 use crate::config::{Backend, Config};
 use crate::service::CacheService;
@@ -74,6 +80,8 @@ async fn serve<S: Store>(
     let cache = CacheServer::from_arc(Arc::new(CacheService::new(store, config.limits.clone())))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    // Only the Cache service needs credentials; probes stay open.
+    let cache = InterceptedService::new(cache, Auth::new(config.server.tokens.clone()));
 
     let (reflection_v1, reflection_v1alpha) = if config.reflection {
         let v1 = tonic_reflection::server::Builder::configure()
@@ -91,20 +99,58 @@ async fn serve<S: Store>(
         (None, None)
     };
 
-    let drain = async move {
-        shutdown.await;
-        // Tell meshes and probes first, then stop accepting.
-        stop_checker.cancel();
-        health::set_all(&reporter, ServingStatus::NotServing).await;
-        tracing::info!("shutting down: draining in-flight calls");
+    let draining = Arc::new(tokio::sync::Notify::new());
+    let drain = {
+        let draining = draining.clone();
+        async move {
+            shutdown.await;
+            // Tell meshes and probes first, then stop accepting.
+            stop_checker.cancel();
+            health::set_all(&reporter, ServingStatus::NotServing).await;
+            tracing::info!("shutting down: draining in-flight calls");
+            draining.notify_one();
+        }
     };
 
-    Server::builder()
+    let settings = &config.server;
+    let mut builder = Server::builder();
+    if let Some(tls) = &settings.tls {
+        let mut tls_config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key));
+        if let Some(ca) = &tls.client_ca {
+            tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(tls_config)?;
+    }
+    let server = builder
         .tcp_nodelay(true)
+        // HTTP/2 limits set on purpose: bounded streams per connection, a
+        // guard against reset floods, bounded headers, and keepalive PINGs
+        // that find dead clients.
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .http2_max_pending_accept_reset_streams(Some(256))
+        .http2_max_local_error_reset_streams(Some(1024))
+        .http2_max_header_list_size(16 * 1024)
+        .http2_keepalive_interval(settings.http2_keepalive)
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        // The caller's deadline, enforced outermost so it bounds everything.
+        .layer(DeadlineLayer)
+        // One server-wide budget of in-flight calls; the rest are shed.
+        .layer(ShedLayer::new(settings.max_concurrent_calls))
         .add_service(health_service)
         .add_service(cache)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain)
-        .await
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+
+    // tonic waits for every connection to close, with no bound (an open
+    // health Watch would hold shutdown forever): bound it by the grace.
+    let grace = settings.shutdown_grace;
+    tokio::select! {
+        r = server => r,
+        _ = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "shutdown grace expired; closing remaining connections");
+            Ok(())
+        }
+    }
 }
