@@ -102,6 +102,11 @@ pub enum Ttl {
 /// memcached reads an expiry above 30 days as an absolute unix time.
 pub const MEMCACHED_RELATIVE_EXPIRY_MAX: u32 = 60 * 60 * 24 * 30;
 
+/// The latest absolute expiry memcached handles (2038-01-19): it keeps
+/// times as signed 32-bit, and a later one wraps into the past, which
+/// would expire the item at once.
+pub const MEMCACHED_ABSOLUTE_EXPIRY_MAX: u64 = i32::MAX as u64;
+
 impl Ttl {
     /// A TTL from the API's seconds, where 0 means "never expires".
     pub fn from_secs(secs: u32) -> Ttl {
@@ -123,14 +128,14 @@ impl Ttl {
     /// The `exptime` field of a memcached storage command, given the
     /// current time: relative seconds up to 30 days, an absolute unix time
     /// beyond (memcached would otherwise read a 40-day TTL as a date in 1970
-    /// and expire the item at once).
+    /// and expire the item at once), capped at memcached's latest date.
     pub fn memcached_exptime(self, now: SystemTime) -> u64 {
         match self {
             Ttl::Forever => 0,
             Ttl::Seconds(s) if s <= MEMCACHED_RELATIVE_EXPIRY_MAX => u64::from(s),
             Ttl::Seconds(s) => {
                 let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-                now + u64::from(s)
+                (now + u64::from(s)).min(MEMCACHED_ABSOLUTE_EXPIRY_MAX)
             }
         }
     }
@@ -195,6 +200,15 @@ mod tests {
         assert_eq!(
             Ttl::from_secs(MEMCACHED_RELATIVE_EXPIRY_MAX).memcached_exptime(now),
             u64::from(MEMCACHED_RELATIVE_EXPIRY_MAX)
+        );
+    }
+
+    #[test]
+    fn ttl_past_2038_is_capped_not_wrapped() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            Ttl::from_secs(u32::MAX).memcached_exptime(now),
+            MEMCACHED_ABSOLUTE_EXPIRY_MAX
         );
     }
 

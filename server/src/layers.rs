@@ -63,7 +63,8 @@ where
             .headers()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout);
+            .and_then(parse_grpc_timeout)
+            .map(answer_by);
         let fut = self.inner.call(req);
         Box::pin(async move {
             let Some(deadline) = deadline else {
@@ -71,13 +72,22 @@ where
             };
             match tokio::time::timeout(deadline, fut).await {
                 Ok(r) => r,
-                Err(_) => Ok(Status::deadline_exceeded(format!(
-                    "the call's deadline of {deadline:?} (grpc-timeout) expired"
-                ))
+                Err(_) => Ok(Status::deadline_exceeded(
+                    "the call's deadline (grpc-timeout) expired before memgate could answer",
+                )
                 .into_http()),
             }
         })
     }
+}
+
+/// When to give up on a call with `deadline`: a little early, so that
+/// memgate's DEADLINE_EXCEEDED reaches the caller before tonic's own
+/// enforcement of the same header (which sits outside this layer and
+/// answers CANCELLED) or the caller's timer fires.
+pub fn answer_by(deadline: Duration) -> Duration {
+    let margin = (deadline / 20).clamp(Duration::from_millis(2), Duration::from_millis(20));
+    deadline.saturating_sub(margin)
 }
 
 /// Parses a `grpc-timeout` header: up to 8 digits and a unit
@@ -195,6 +205,23 @@ mod tests {
         for bad in ["", "m", "100", "100x", "-1S", "123456789S", "1.5S", " 1S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn answers_a_little_before_the_deadline() {
+        assert_eq!(
+            answer_by(Duration::from_secs(10)),
+            Duration::from_millis(9980)
+        );
+        assert_eq!(
+            answer_by(Duration::from_millis(200)),
+            Duration::from_millis(190)
+        );
+        assert_eq!(
+            answer_by(Duration::from_millis(10)),
+            Duration::from_millis(8)
+        );
+        assert_eq!(answer_by(Duration::from_millis(1)), Duration::ZERO);
     }
 
     #[test]

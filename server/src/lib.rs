@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use memgate_api::v1::cache_server::CacheServer;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -32,6 +33,11 @@ use crate::service::CacheService;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::memcached::ShardedStore;
+
+/// HTTP/2 flow-control window of each stream (see `serve`).
+const STREAM_WINDOW: u32 = 64 * 1024;
+/// HTTP/2 flow-control window of each connection.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Serves memgate on `listener` until `shutdown` completes, then drains
 /// in-flight calls and returns.
@@ -112,6 +118,14 @@ async fn serve<S: Store>(
         }
     };
 
+    // tonic ignores `tcp_nodelay` for a caller-supplied listener: set it on
+    // each accepted socket, or Nagle's algorithm adds ~40 ms to every call.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
+
     let settings = &config.server;
     let mut builder = Server::builder();
     if let Some(tls) = &settings.tls {
@@ -123,7 +137,14 @@ async fn serve<S: Store>(
         builder = builder.tls_config(tls_config)?;
     }
     let server = builder
-        .tcp_nodelay(true)
+        // Small per-stream flow-control windows with a large connection
+        // window: h2 closes a connection (ENHANCE_YOUR_CALM) when too many
+        // small DATA frames sit unread, and its budget for them is half the
+        // connection window. A stream applying backpressure buffers at most
+        // its window (64 KiB), which stays well within that budget even
+        // when every frame is a tiny message.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         // HTTP/2 limits set on purpose: bounded streams per connection, a
         // guard against reset floods, bounded headers, and keepalive PINGs
         // that find dead clients.
@@ -141,7 +162,7 @@ async fn serve<S: Store>(
         .add_service(cache)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), drain);
+        .serve_with_incoming_shutdown(incoming, drain);
 
     // tonic waits for every connection to close, with no bound (an open
     // health Watch would hold shutdown forever): bound it by the grace.

@@ -173,6 +173,13 @@ pub fn config_for(pool: &[Memcached]) -> Config {
     config
 }
 
+/// A config serving memcached (or fake) servers at `addrs`, quick probes.
+pub fn config_for_addrs(addrs: &[String]) -> Config {
+    let mut config = Config::memcached("127.0.0.1:0".parse().unwrap(), addrs).unwrap();
+    config.health_interval = Duration::from_millis(100);
+    config
+}
+
 /// Sets the backend timeout of a memcached config.
 pub fn with_timeout(mut config: Config, timeout: Duration) -> Config {
     if let memgate_server::config::Backend::Memcached { pool, .. } = &mut config.backend {
@@ -268,6 +275,20 @@ impl Memgate {
         }
     }
 
+    /// Begins shutdown (as SIGTERM does) without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits for the server task to end, however shutdown began.
+    pub async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
     /// Stops serving and waits for the server task to end.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -313,5 +334,56 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A fake memcached for fault tests: it accepts connections and then
+/// either never answers (a black hole) or answers every command line with
+/// fixed bytes (garbage, or a reply for the wrong key).
+pub struct FakeMemcached {
+    /// `127.0.0.1:port`.
+    pub addr: String,
+    task: JoinHandle<()>,
+}
+
+impl FakeMemcached {
+    /// Accepts, reads, never answers.
+    pub async fn black_hole() -> FakeMemcached {
+        FakeMemcached::spawn(None).await
+    }
+
+    /// Answers each received line with `reply`.
+    pub async fn answering(reply: &'static [u8]) -> FakeMemcached {
+        FakeMemcached::spawn(Some(reply)).await
+    }
+
+    async fn spawn(reply: Option<&'static [u8]>) -> FakeMemcached {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    while let Ok(Some(_line)) = lines.next_line().await {
+                        let Some(reply) = reply else { continue };
+                        if write.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeMemcached { addr, task }
+    }
+}
+
+impl Drop for FakeMemcached {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -1,0 +1,303 @@
+//! Fault injection: each test breaks something on purpose — a backend that
+//! never answers, one that speaks garbage, more load than the limit, a
+//! deadline shorter than the backend — and checks the promise memgate makes
+//! about it, with the bound it measured. Everything runs on loopback.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{FakeMemcached, Memcached, Memgate, config_for_addrs, unique, with_timeout};
+use memgate_api::v1 as pb;
+use memgate_server::store::memcached::ring::{Ring, ShardSpec};
+use tonic::Code;
+
+/// A key the ring places on shard `index` of `addrs`.
+fn key_on(addrs: &[String], index: usize, tag: &str) -> String {
+    let specs: Vec<ShardSpec> = addrs.iter().map(|a| a.parse().unwrap()).collect();
+    let ring = Ring::new(&specs);
+    (0..)
+        .map(|i| format!("{tag}:{i}"))
+        .find(|k| ring.shard_for(k) == index)
+        .unwrap()
+}
+
+/// Promise: a backend that accepts connections but never answers costs
+/// only its own keys, and only up to --timeout; the other shard keeps
+/// answering at full speed while calls to the black hole pile up.
+#[tokio::test]
+async fn a_black_hole_backend_costs_only_its_own_keys() {
+    let real = Memcached::spawn();
+    let hole = FakeMemcached::black_hole().await;
+    let addrs = vec![real.addr.clone(), hole.addr.clone()];
+    let timeout = Duration::from_millis(400);
+    let mg = Memgate::start(with_timeout(config_for_addrs(&addrs), timeout)).await;
+    let live_key = key_on(&addrs, 0, "live");
+    mg.client.set(&live_key, "v", None).await.unwrap();
+
+    // 64 calls stuck on the black hole at once.
+    let stuck: Vec<_> = (0..64)
+        .map(|i| {
+            // The raw stub: no client retries stretching the wait.
+            let mut raw = mg.raw.clone();
+            let key = key_on(&addrs, 1, &format!("hole{i}"));
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let err = raw.get(pb::GetRequest { key }).await.unwrap_err();
+                (err.code(), started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest_live = Duration::ZERO;
+    for _ in 0..50 {
+        let started = Instant::now();
+        assert!(mg.client.get(&live_key).await.unwrap().is_some());
+        slowest_live = slowest_live.max(started.elapsed());
+    }
+    for t in stuck {
+        let (code, waited) = t.await.unwrap();
+        assert!(
+            matches!(code, Code::DeadlineExceeded | Code::Unavailable),
+            "black-hole call ended with {code:?}"
+        );
+        assert!(
+            waited < timeout * 3,
+            "a black-hole call took {waited:?} (timeout {timeout:?})"
+        );
+    }
+    println!(
+        "live shard: slowest of 50 reads {slowest_live:?} while 64 calls hung on the black hole"
+    );
+    assert!(
+        slowest_live < timeout,
+        "the live shard stalled for {slowest_live:?}"
+    );
+}
+
+/// Promise: whatever a backend sends, memgate never panics, never hands a
+/// value to the wrong key, and closes the connection; it keeps serving.
+#[tokio::test]
+async fn garbage_from_a_backend_is_an_error_never_data() {
+    let replies: [&'static [u8]; 7] = [
+        b"HELLO THERE\r\n",
+        b"VALUE someone-else 0 5\r\nHAHA!\r\nEND\r\n",
+        b"VALUE k 0 99999999999\r\n",
+        b"VALUE k 0 3\r\nabcdefgh",
+        b"\xff\xfe\xfd\r\n",
+        b"ERROR\r\n",
+        b"STORED\r\nSTORED\r\nSTORED\r\n",
+    ];
+    for reply in replies {
+        let fake = FakeMemcached::answering(reply).await;
+        let addrs = vec![fake.addr.clone()];
+        let mg = Memgate::start_unready(with_timeout(
+            config_for_addrs(&addrs),
+            Duration::from_millis(500),
+        ))
+        .await;
+        for _ in 0..3 {
+            let got = mg.client.get("k").await;
+            match got {
+                Ok(Some(v)) => panic!("{reply:?} produced a value: {v:?}"),
+                Ok(None) => panic!("{reply:?} was read as a miss"),
+                Err(e) => assert!(
+                    matches!(
+                        e.code(),
+                        Code::Internal | Code::Unavailable | Code::DeadlineExceeded
+                    ),
+                    "{reply:?}: {e}"
+                ),
+            }
+            let set = mg.client.set("k", "v", None).await;
+            if reply.starts_with(b"STORED") {
+                // A stray extra STORED must not confirm the next write.
+                continue;
+            }
+            assert!(set.is_err(), "{reply:?} confirmed a write");
+        }
+        // The server is still alive and answers health.
+        assert!(
+            mg.status("").await.is_some(),
+            "memgate stopped answering after {reply:?}"
+        );
+    }
+}
+
+/// Promise: one backend reply per request — an unsolicited extra reply
+/// closes the connection instead of answering the next request.
+#[tokio::test]
+async fn an_extra_reply_is_never_read_by_the_next_request() {
+    let fake = FakeMemcached::answering(b"STORED\r\nSTORED\r\n").await;
+    let addrs = vec![fake.addr.clone()];
+    let mg = Memgate::start_unready(config_for_addrs(&addrs)).await;
+    // Sequential writes: each may be confirmed by its own STORED, but a get
+    // must never see "STORED" as its answer.
+    for i in 0..5 {
+        let _ = mg.client.set(&format!("w{i}"), "v", None).await;
+        let err = mg.client.get(&format!("w{i}")).await.unwrap_err();
+        assert!(
+            matches!(err.code(), Code::Internal | Code::Unavailable),
+            "{err}"
+        );
+    }
+}
+
+/// Promise: beyond --max-concurrent-calls, calls are refused at once with
+/// RESOURCE_EXHAUSTED (not queued), while health keeps answering.
+#[tokio::test]
+async fn load_beyond_the_limit_is_shed_at_once() {
+    let hole = FakeMemcached::black_hole().await;
+    let addrs = vec![hole.addr.clone()];
+    let mut config = with_timeout(config_for_addrs(&addrs), Duration::from_secs(3));
+    config.server.max_concurrent_calls = 8;
+    let mg = Memgate::start_unready(config).await;
+    // Twice the limit: 8 are admitted and hang on the black hole, the
+    // other 8 must come back shed at once.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..16 {
+        let mut raw = mg.raw.clone();
+        let done = done_tx.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = raw
+                .get(pb::GetRequest {
+                    key: format!("busy{i}"),
+                })
+                .await;
+            let _ = done.send((r.err().map(|e| e.code()), started.elapsed()));
+        });
+    }
+    let mut shed_busy = 0;
+    while shed_busy < 8 {
+        let (code, took) = tokio::time::timeout(Duration::from_secs(2), done_rx.recv())
+            .await
+            .expect("the calls over the limit were not shed within 2 s")
+            .unwrap();
+        assert_eq!(
+            code,
+            Some(Code::ResourceExhausted),
+            "a call over the limit ended after {took:?}"
+        );
+        shed_busy += 1;
+    }
+    // Now all 8 permits are held: one more call is shed at once.
+    let started = Instant::now();
+    let shed = match mg
+        .raw
+        .clone()
+        .get(pb::GetRequest {
+            key: "extra".into(),
+        })
+        .await
+    {
+        Err(e) if e.code() == Code::ResourceExhausted => Some((e, started.elapsed())),
+        other => panic!("a call at the limit was not shed: {other:?}"),
+    };
+    let (err, took) = shed.unwrap();
+    assert!(err.message().contains("--max-concurrent-calls"), "{err}");
+    println!("shed in {took:?}");
+    assert!(took < Duration::from_millis(500), "shedding took {took:?}");
+    assert!(
+        mg.status("").await.is_some(),
+        "health must answer under load"
+    );
+}
+
+/// Promise: the caller's deadline (grpc-timeout) bounds the call even when
+/// the backend timeout is longer, and the caller sees DEADLINE_EXCEEDED.
+#[tokio::test]
+async fn the_callers_deadline_wins() {
+    let hole = FakeMemcached::black_hole().await;
+    let addrs = vec![hole.addr.clone()];
+    let mg = Memgate::start_unready(with_timeout(
+        config_for_addrs(&addrs),
+        Duration::from_secs(30),
+    ))
+    .await;
+    let mut raw = mg.raw.clone();
+    let mut req = tonic::Request::new(pb::GetRequest {
+        key: unique("deadline"),
+    });
+    req.set_timeout(Duration::from_millis(250));
+    let started = Instant::now();
+    let err = raw.get(req).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    println!("deadline 250ms, answered in {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+/// Promise: on shutdown, health turns NOT_SERVING first, an in-flight
+/// stream finishes and is answered, and the server exits within the grace
+/// even with an open health Watch.
+#[tokio::test]
+async fn shutdown_drains_streams_within_the_grace() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let pool = common::pool(1);
+    let mut config = common::config_for(&pool);
+    config.server.shutdown_grace = Duration::from_secs(2);
+    let mut mg = Memgate::start(config).await;
+
+    // An open Watch that would hold tonic's shutdown forever.
+    let mut watch = mg
+        .health
+        .clone()
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status,
+        ServingStatus::Serving as i32
+    );
+
+    // A client stream in flight: half its items sent before shutdown.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::SetRequest>(16);
+    let mut raw = mg.raw.clone();
+    let stream = tokio::spawn(async move {
+        raw.batch_set_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let prefix = unique("drain");
+    for i in 0..50 {
+        tx.send(pb::SetRequest {
+            key: format!("{prefix}:{i}"),
+            value: b"v".to_vec(),
+            ttl_seconds: None,
+        })
+        .await
+        .unwrap();
+    }
+
+    let started = Instant::now();
+    mg.begin_shutdown();
+    let next = tokio::time::timeout(Duration::from_secs(2), watch.message()).await;
+    assert!(
+        matches!(next, Ok(Ok(Some(ref m))) if m.status == ServingStatus::NotServing as i32),
+        "health did not turn NOT_SERVING first: {next:?}"
+    );
+    for i in 50..100 {
+        tx.send(pb::SetRequest {
+            key: format!("{prefix}:{i}"),
+            value: b"v".to_vec(),
+            ttl_seconds: None,
+        })
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    let resp = stream
+        .await
+        .unwrap()
+        .expect("the in-flight stream was answered")
+        .into_inner();
+    assert_eq!(resp.stored, 100);
+    mg.join().await;
+    let took = started.elapsed();
+    println!("shutdown with an open Watch took {took:?} (grace 2s)");
+    assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
+}
