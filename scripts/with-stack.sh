@@ -13,6 +13,7 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MEMGATE_BIN:-$root/target/debug/memgate}
+cli=${MEMGATE_CLI:-$(dirname "$bin")/memgate-cli}
 export MEMGATE_BIN=$bin
 shards=${SHARDS:-3}
 work=$(mktemp -d)
@@ -26,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-[ -x "$bin" ] || (cd "$root" && cargo build -q -p memgate-server)
+[ -x "$bin" ] && [ -x "$cli" ] || (cd "$root" && cargo build -q -p memgate-server -p memgate-client)
 
 user_flag=()
 [ "$(id -u)" = 0 ] && user_flag=(-u nobody)
@@ -49,29 +50,21 @@ MEMGATE_MEMCACHED=$(IFS=,; echo "${addrs[*]}")
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 MEMGATE_TARGET=127.0.0.1:$port
-MEMGATE_LOG=${MEMGATE_LOG:-warn} "$bin" --listen "$MEMGATE_TARGET" --memcached "$MEMGATE_MEMCACHED" &
+# MEMGATE_ARGS adds flags, e.g. MEMGATE_ARGS="--default-ttl 60".
+# shellcheck disable=SC2086
+MEMGATE_LOG=${MEMGATE_LOG:-warn} "$bin" --listen "$MEMGATE_TARGET" --memcached "$MEMGATE_MEMCACHED" ${MEMGATE_ARGS:-} &
 pids+=($!)
 
 # Ready when health says SERVING (the pool has answered), not after a sleep.
-python3 - "$MEMGATE_TARGET" <<'PY'
-import socket, sys, time
-host, port = sys.argv[1].rsplit(":", 1)
-deadline = time.time() + 30
-while time.time() < deadline:
-    try:
-        socket.create_connection((host, int(port)), timeout=0.5).close()
-        break
-    except OSError:
-        time.sleep(0.05)
-else:
-    sys.exit("memgate did not start listening")
-PY
-if command -v grpc-health-probe >/dev/null 2>&1; then
-  for _ in $(seq 1 100); do
-    grpc-health-probe -addr "$MEMGATE_TARGET" >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-fi
+ready=""
+for _ in $(seq 1 200); do
+  if "$cli" --target "http://$MEMGATE_TARGET" --timeout 500ms health >/dev/null 2>&1; then
+    ready=1
+    break
+  fi
+  sleep 0.05
+done
+[ -n "$ready" ] || { echo "memgate at $MEMGATE_TARGET never reported SERVING" >&2; exit 1; }
 
 export MEMGATE_TARGET MEMGATE_MEMCACHED
 "$@"
