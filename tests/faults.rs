@@ -301,3 +301,96 @@ async fn shutdown_drains_streams_within_the_grace() {
     println!("shutdown with an open Watch took {took:?} (grace 2s)");
     assert!(took < Duration::from_secs(4), "shutdown took {took:?}");
 }
+
+/// Promise: after --shard-failure-limit consecutive timeouts a hung shard
+/// is marked down and its keys fail fast with UNAVAILABLE instead of each
+/// waiting out the timeout; its own health status says NOT_SERVING while
+/// the server stays SERVING; it comes back by itself once it answers.
+#[tokio::test]
+async fn a_hung_shard_is_ejected_then_readmitted() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+
+    let pool = common::pool(3);
+    let timeout = Duration::from_millis(200);
+    let mg = Memgate::start(with_timeout(common::config_for(&pool), timeout)).await;
+    let addrs = common::addrs(&pool);
+    let key = key_on(&addrs, 2, "eject");
+    mg.client.set(&key, "v", None).await.unwrap();
+
+    pool[2].signal("STOP");
+    let mut raw = mg.raw.clone();
+    // Three timeouts (the default limit) mark it down...
+    for _ in 0..3 {
+        let err = raw
+            .get(pb::GetRequest { key: key.clone() })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.code(), Code::DeadlineExceeded | Code::Unavailable),
+            "{err}"
+        );
+    }
+    // ...after which its keys fail at once.
+    let started = Instant::now();
+    let err = raw
+        .get(pb::GetRequest { key: key.clone() })
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("marked down"), "{}", err.message());
+    println!("fail-fast while down: {took:?} (timeout {timeout:?})");
+    assert!(took < timeout / 2, "a down shard's key took {took:?}");
+
+    let shard = format!("memcached:{}", pool[2].addr);
+    mg.wait_for_status(&shard, ServingStatus::NotServing).await;
+    assert_eq!(mg.status("").await, Some(ServingStatus::Serving));
+
+    pool[2].signal("CONT");
+    mg.wait_for_status(&shard, ServingStatus::Serving).await;
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            mg.client
+                .get(&key)
+                .await
+                .is_ok_and(|v| v.as_deref() == Some(&b"v"[..]))
+        })
+        .await,
+        "the shard never came back"
+    );
+}
+
+/// Promise: with --on-shard-down=reroute, a dead shard's keys are served by
+/// the next live shard on the ring.
+#[tokio::test]
+async fn reroute_sends_a_dead_shards_keys_to_the_next_shard() {
+    use memgate_server::store::memcached::OnShardDown;
+
+    let mut pool = common::pool(3);
+    let mut config = common::config_for(&pool);
+    if let memgate_server::config::Backend::Memcached { on_down, .. } = &mut config.backend {
+        *on_down = OnShardDown::Reroute;
+    }
+    let mg = Memgate::start(config).await;
+    let addrs = common::addrs(&pool);
+    let key = key_on(&addrs, 0, "reroute");
+    pool[0].kill();
+    // Until the shard is marked down, calls fail (connection refused).
+    assert!(
+        common::eventually(Duration::from_secs(5), || async {
+            mg.client.set(&key, "moved", None).await.is_ok()
+        })
+        .await,
+        "writes never rerouted"
+    );
+    assert_eq!(
+        mg.client.get(&key).await.unwrap().as_deref(),
+        Some(&b"moved"[..])
+    );
+    let holders = [&pool[1], &pool[2]];
+    let mut found = 0;
+    for m in holders {
+        found += usize::from(m.direct_get(&key).await.is_some());
+    }
+    assert_eq!(found, 1, "the rerouted key lives on exactly one live shard");
+}

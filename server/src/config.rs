@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::Tokens;
+use crate::store::memcached::OnShardDown;
 use crate::store::memcached::ring::ShardSpec;
 use crate::store::memcached::shard::PoolSettings;
 
@@ -78,6 +79,21 @@ pub struct Cli {
     /// TCP keepalive idle time on memcached connections (`0s`: off).
     #[arg(long, env = "MEMGATE_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub keepalive: Duration,
+
+    /// Consecutive failures (errors or timeouts) after which a memcached
+    /// server is marked down and its keys fail fast.
+    #[arg(long, env = "MEMGATE_SHARD_FAILURE_LIMIT", default_value_t = 3)]
+    pub shard_failure_limit: u32,
+
+    /// While a server is down, one trial call is let through this often;
+    /// the health probe also brings it back as soon as it answers.
+    #[arg(long, env = "MEMGATE_SHARD_RETRY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub shard_retry_timeout: Duration,
+
+    /// What happens to the keys of a server marked down: `fail` (fast
+    /// UNAVAILABLE) or `reroute` (to the next live server on the ring).
+    #[arg(long, env = "MEMGATE_ON_SHARD_DOWN", value_enum, default_value_t = OnShardDown::Fail)]
+    pub on_shard_down: OnShardDown,
 
     /// How often every shard is probed for the health service.
     #[arg(long, env = "MEMGATE_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -195,6 +211,8 @@ pub enum Backend {
         shards: Vec<ShardSpec>,
         /// How connections are made.
         pool: PoolSettings,
+        /// What happens to a down shard's keys.
+        on_down: OnShardDown,
     },
 }
 
@@ -363,7 +381,10 @@ impl TryFrom<Cli> for Config {
                     connect_timeout: cli.connect_timeout,
                     conns_per_shard: cli.max_idle_conns,
                     keepalive: (!cli.keepalive.is_zero()).then_some(cli.keepalive),
+                    failure_limit: cli.shard_failure_limit.max(1),
+                    retry_timeout: cli.shard_retry_timeout,
                 },
+                on_down: cli.on_shard_down,
             }
         };
         Ok(Config {
@@ -411,7 +432,7 @@ mod tests {
             "250ms",
         ])
         .unwrap();
-        let Backend::Memcached { shards, pool } = c.backend else {
+        let Backend::Memcached { shards, pool, .. } = c.backend else {
             panic!("expected memcached")
         };
         assert_eq!(shards.len(), 2);

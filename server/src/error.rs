@@ -60,6 +60,19 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The shard is marked down after repeated failures; its keys fail
+    /// fast until it answers again.
+    #[error(
+        "memcached shard {addr} is marked down after {failures} consecutive failures ({down_for:?} ago); retry later"
+    )]
+    ShardDown {
+        /// The shard's address.
+        addr: String,
+        /// Consecutive failures seen.
+        failures: u32,
+        /// How long it has been down.
+        down_for: Duration,
+    },
     /// The shard did not answer in time.
     #[error("memcached shard {addr} did not answer within {after:?}")]
     ShardTimeout {
@@ -99,7 +112,9 @@ impl Error {
             Error::InvalidKey { .. } | Error::ValueTooLarge { .. } | Error::TooManyKeys { .. } => {
                 Code::InvalidArgument
             }
-            Error::ShardUnavailable { .. } | Error::ListBusy { .. } => Code::Unavailable,
+            Error::ShardUnavailable { .. } | Error::ShardDown { .. } | Error::ListBusy { .. } => {
+                Code::Unavailable
+            }
             Error::ShardTimeout { .. } => Code::DeadlineExceeded,
             Error::ResponseTooLarge { .. } => Code::ResourceExhausted,
             Error::ShardError { .. } => Code::Internal,

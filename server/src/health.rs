@@ -6,6 +6,10 @@
 //! every shard (memcached `version`, never a write) each interval: SERVING
 //! while at least one shard answers, NOT_SERVING when none does. Watchers
 //! see each change as it happens.
+//!
+//! Each memcached server also has a status of its own, under the service
+//! name `memcached:<addr>` (e.g. `grpc-health-probe -service
+//! memcached:10.0.0.1:11211`), so an operator can see which shard is down.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +23,11 @@ use crate::store::{Reachability, Store};
 
 /// The service names health is reported for.
 pub const SERVICES: [&str; 2] = ["", SERVICE_NAME];
+
+/// The health service name of one memcached server.
+pub fn shard_service(addr: &str) -> String {
+    format!("memcached:{addr}")
+}
 
 /// Sets every reported service to `status`.
 pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
@@ -40,7 +49,7 @@ pub async fn run_checker<S: Store>(
             _ = stop.cancelled() => return,
             r = store.probe() => r,
         };
-        if last != Some(now) {
+        if last.as_ref() != Some(&now) {
             let status = if now.serving() {
                 ServingStatus::Serving
             } else {
@@ -66,6 +75,16 @@ pub async fn run_checker<S: Store>(
                 return;
             }
             set_all(&reporter, status).await;
+            for (addr, ok) in &now.shards {
+                let shard_status = if *ok {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                reporter
+                    .set_service_status(shard_service(addr), shard_status)
+                    .await;
+            }
             last = Some(now);
         }
         tokio::select! {

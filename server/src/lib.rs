@@ -51,8 +51,17 @@ pub async fn run(
             let store = EmbeddedStore::new(*max_bytes, config.limits.max_value_bytes);
             serve(listener, Arc::new(store), config, shutdown).await
         }
-        Backend::Memcached { shards, pool } => {
-            let store = ShardedStore::new(shards, pool.clone(), config.limits.max_value_bytes);
+        Backend::Memcached {
+            shards,
+            pool,
+            on_down,
+        } => {
+            let store = ShardedStore::new(
+                shards,
+                pool.clone(),
+                config.limits.max_value_bytes,
+                *on_down,
+            );
             serve(listener, Arc::new(store), config, shutdown).await
         }
     }

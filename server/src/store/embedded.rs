@@ -156,7 +156,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn probe(&self) -> Reachability {
-        Reachability { up: 1, total: 1 }
+        Reachability {
+            up: 1,
+            total: 1,
+            shards: Vec::new(),
+        }
     }
 
     fn max_value_len(&self, _key: &Key) -> (usize, String) {

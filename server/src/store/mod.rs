@@ -27,12 +27,15 @@ pub struct Item {
 }
 
 /// Reachability of the store, as the health service reports it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reachability {
     /// Shards that answered the last probe.
     pub up: usize,
     /// All shards.
     pub total: usize,
+    /// Each memcached server's address and whether it answered (empty for
+    /// the embedded store).
+    pub shards: Vec<(String, bool)>,
 }
 
 impl Reachability {

@@ -47,11 +47,31 @@ pub struct ShardedStore {
     shards: Vec<Arc<Shard>>,
     max_value_bytes: usize,
     list_timeout: Duration,
+    on_down: OnShardDown,
+}
+
+/// What happens to the keys of a shard that is marked down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnShardDown {
+    /// Calls for its keys fail fast with UNAVAILABLE (the default: no key
+    /// ever has two homes).
+    #[default]
+    Fail,
+    /// Its keys go to the next live shard on the ring. Reads there miss
+    /// until rewritten, and when the shard returns, writes made meanwhile
+    /// are left behind on the stand-in (as with twemproxy's
+    /// auto_eject_hosts).
+    Reroute,
 }
 
 impl ShardedStore {
     /// A store over `shards` (at least one). Nothing connects until used.
-    pub fn new(shards: &[ShardSpec], settings: PoolSettings, max_value_bytes: usize) -> Self {
+    pub fn new(
+        shards: &[ShardSpec],
+        settings: PoolSettings,
+        max_value_bytes: usize,
+        on_down: OnShardDown,
+    ) -> Self {
         assert!(
             !shards.is_empty(),
             "a sharded store needs at least one shard"
@@ -65,24 +85,26 @@ impl ShardedStore {
                 .collect(),
             max_value_bytes,
             list_timeout,
+            on_down,
         }
     }
 
-    /// The shard that owns `key`.
+    /// The index of the shard that serves `key` now: its owner, or with
+    /// [`OnShardDown::Reroute`] the next live shard while the owner is down.
+    fn route(&self, key: &str) -> usize {
+        let owner = self.ring.shard_for(key);
+        if self.on_down == OnShardDown::Fail || !self.shards[owner].is_down() {
+            return owner;
+        }
+        self.ring
+            .candidates(key)
+            .find(|&i| !self.shards[i].is_down())
+            .unwrap_or(owner)
+    }
+
+    /// The shard that serves `key` now.
     pub fn shard_for(&self, key: &str) -> &Shard {
-        &self.shards[self.ring.shard_for(key)]
-    }
-
-    /// Indexes into the caller's slice, grouped by owning shard.
-    fn group_by_shard<'a>(
-        &self,
-        keys: impl Iterator<Item = &'a str>,
-    ) -> HashMap<usize, Vec<usize>> {
-        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (i, k) in keys.enumerate() {
-            groups.entry(self.ring.shard_for(k)).or_default().push(i);
-        }
-        groups
+        &self.shards[self.route(key)]
     }
 
     /// One `get` of distinct `keys` on `shard`.
@@ -172,7 +194,11 @@ impl Store for ShardedStore {
     }
 
     async fn get_many(&self, keys: &[Key]) -> Vec<Result<Option<Bytes>, Error>> {
-        let groups = self.group_by_shard(keys.iter().map(Key::as_str));
+        let routes: Vec<usize> = keys.iter().map(|k| self.route(k.as_str())).collect();
+        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, &shard) in routes.iter().enumerate() {
+            groups.entry(shard).or_default().push(i);
+        }
         let mut requests = Vec::new();
         for (shard_index, indexes) in groups {
             let shard = &self.shards[shard_index];
@@ -196,7 +222,8 @@ impl Store for ShardedStore {
             }
         }
         keys.iter()
-            .map(|k| match failed.get(&self.ring.shard_for(k.as_str())) {
+            .zip(routes)
+            .map(|(k, shard)| match failed.get(&shard) {
                 Some(e) => Err(e.clone()),
                 None => Ok(found.get(k.as_str()).cloned()),
             })
@@ -238,9 +265,16 @@ impl Store for ShardedStore {
 
     async fn probe(&self) -> Reachability {
         let results = join_all(self.shards.iter().map(|s| s.probe())).await;
+        let shards: Vec<(String, bool)> = self
+            .shards
+            .iter()
+            .zip(&results)
+            .map(|(s, r)| (s.addr().to_owned(), r.is_ok()))
+            .collect();
         Reachability {
-            up: results.iter().filter(|r| r.is_ok()).count(),
+            up: shards.iter().filter(|(_, ok)| *ok).count(),
             total: self.shards.len(),
+            shards,
         }
     }
 

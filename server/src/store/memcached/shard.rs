@@ -6,7 +6,7 @@
 //! load over the server's worker threads, not about concurrency.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -35,6 +35,23 @@ pub struct PoolSettings {
     pub conns_per_shard: usize,
     /// TCP keepalive idle time on backend connections (`None`: off).
     pub keepalive: Option<Duration>,
+    /// Consecutive failures after which a shard is marked down.
+    pub failure_limit: u32,
+    /// While down, calls fail fast; after this long one call is let through
+    /// as a trial (the health probe also brings a shard back).
+    pub retry_timeout: Duration,
+}
+
+/// Failure tracking for one shard (cf. twemproxy's `auto_eject_hosts`,
+/// mcrouter's TKO): after `failure_limit` consecutive failures the shard is
+/// down, and its keys fail fast instead of each waiting out a timeout.
+#[derive(Debug, Default)]
+struct Ejection {
+    consecutive_failures: u32,
+    /// When the shard was marked down, if it is.
+    down_since: Option<Instant>,
+    /// When the last trial call was let through while down.
+    last_trial: Option<Instant>,
 }
 
 /// One memcached server of the pool.
@@ -46,6 +63,7 @@ pub struct Shard {
     next: AtomicUsize,
     /// `item_size_max` learned from `stats settings`; 0 until known.
     item_size_max: AtomicUsize,
+    ejection: std::sync::Mutex<Ejection>,
 }
 
 impl Shard {
@@ -60,6 +78,62 @@ impl Shard {
             conns,
             next: AtomicUsize::new(0),
             item_size_max: AtomicUsize::new(0),
+            ejection: std::sync::Mutex::new(Ejection::default()),
+        }
+    }
+
+    /// True while the shard is marked down.
+    pub fn is_down(&self) -> bool {
+        self.ejection().down_since.is_some()
+    }
+
+    fn ejection(&self) -> std::sync::MutexGuard<'_, Ejection> {
+        // The state is a few counters: a panic elsewhere cannot leave it
+        // inconsistent, so a poisoned lock is still usable.
+        self.ejection.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails fast while the shard is down, except for one trial call per
+    /// `retry_timeout`.
+    fn admit(&self) -> Result<(), Error> {
+        let mut e = self.ejection();
+        let Some(since) = e.down_since else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let last = e.last_trial.unwrap_or(since);
+        if now.duration_since(last) >= self.settings.retry_timeout {
+            e.last_trial = Some(now);
+            return Ok(());
+        }
+        Err(Error::ShardDown {
+            addr: self.addr.clone(),
+            failures: e.consecutive_failures,
+            down_for: now.duration_since(since),
+        })
+    }
+
+    /// Records the outcome of a call that reached (or tried to reach) the
+    /// server, marking the shard down or up on a transition.
+    fn record(&self, ok: bool) {
+        let mut e = self.ejection();
+        if ok {
+            e.consecutive_failures = 0;
+            if let Some(since) = e.down_since.take() {
+                e.last_trial = None;
+                tracing::info!(shard = %self.addr, down_for = ?since.elapsed(), "shard is back up");
+            }
+            return;
+        }
+        e.consecutive_failures = e.consecutive_failures.saturating_add(1);
+        if e.down_since.is_none() && e.consecutive_failures >= self.settings.failure_limit {
+            e.down_since = Some(Instant::now());
+            tracing::warn!(
+                shard = %self.addr,
+                failures = e.consecutive_failures,
+                retry_in = ?self.settings.retry_timeout,
+                "shard marked down; its keys fail fast until it answers again"
+            );
         }
     }
 
@@ -87,12 +161,25 @@ impl Shard {
         self.item_size_max().unwrap_or(DEFAULT_ITEM_SIZE_MAX)
     }
 
-    /// Sends one command on a pooled connection and waits for its reply.
+    /// Sends one command on a pooled connection and waits for its reply;
+    /// fails fast while the shard is marked down.
     pub async fn request(&self, bytes: Bytes, decoder: Decoder) -> Result<Reply, Error> {
-        let conn = self.connection().await?;
-        conn.request(bytes, decoder, self.settings.timeout)
-            .await
-            .map_err(|e| self.conn_error(e))
+        self.admit()?;
+        self.send(bytes, decoder).await
+    }
+
+    /// Like [`Shard::request`], but also while the shard is down: the
+    /// health probe uses it to find out when the shard is back.
+    async fn send(&self, bytes: Bytes, decoder: Decoder) -> Result<Reply, Error> {
+        let outcome = match self.connection().await {
+            Ok(conn) => conn
+                .request(bytes, decoder, self.settings.timeout)
+                .await
+                .map_err(|e| self.conn_error(e)),
+            Err(e) => Err(e),
+        };
+        self.record(outcome.is_ok());
+        outcome
     }
 
     /// Sends one command on a connection of its own, closed afterwards: for
@@ -103,6 +190,7 @@ impl Shard {
         decoder: Decoder,
         timeout: Duration,
     ) -> Result<Reply, Error> {
+        self.admit()?;
         let conn = Connection::new(self.connect().await?);
         let reply = conn.request(bytes, decoder, timeout).await;
         conn.close();
@@ -114,11 +202,11 @@ impl Shard {
     pub async fn probe(&self) -> Result<(), Error> {
         let mut cmd = BytesMut::new();
         protocol::encode_version(&mut cmd);
-        self.request(cmd.freeze(), Decoder::version()).await?;
+        self.send(cmd.freeze(), Decoder::version()).await?;
         if self.item_size_max().is_none() {
             let mut cmd = BytesMut::new();
             protocol::encode_stats_settings(&mut cmd);
-            if let Reply::Stats(stats) = self.request(cmd.freeze(), Decoder::stats()).await? {
+            if let Reply::Stats(stats) = self.send(cmd.freeze(), Decoder::stats()).await? {
                 let learned = stats
                     .iter()
                     .find(|(name, _)| name == "item_size_max")
@@ -178,5 +266,58 @@ impl Shard {
                 reason: e.to_string(),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(retry_timeout: Duration) -> Shard {
+        Shard::new(
+            "127.0.0.1:1".into(),
+            PoolSettings {
+                timeout: Duration::from_millis(100),
+                connect_timeout: Duration::from_millis(100),
+                conns_per_shard: 1,
+                keepalive: None,
+                failure_limit: 3,
+                retry_timeout,
+            },
+        )
+    }
+
+    #[test]
+    fn marked_down_after_consecutive_failures_only() {
+        let s = shard(Duration::from_secs(60));
+        s.record(false);
+        s.record(false);
+        s.record(true); // a success resets the count
+        s.record(false);
+        s.record(false);
+        assert!(!s.is_down());
+        assert!(s.admit().is_ok());
+        s.record(false);
+        assert!(s.is_down());
+        let err = s.admit().unwrap_err();
+        assert!(
+            matches!(err, Error::ShardDown { failures: 3, .. }),
+            "{err:?}"
+        );
+        s.record(true);
+        assert!(!s.is_down());
+        assert!(s.admit().is_ok());
+    }
+
+    #[test]
+    fn one_trial_call_per_retry_timeout() {
+        let s = shard(Duration::from_millis(30));
+        for _ in 0..3 {
+            s.record(false);
+        }
+        assert!(s.admit().is_err());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(s.admit().is_ok(), "trial after the retry timeout");
+        assert!(s.admit().is_err(), "only one trial per period");
     }
 }
