@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 pub mod health;
 pub mod key;
 pub mod layers;
