@@ -63,10 +63,10 @@ where
 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        if let Ok(c) = connect().await {
-            if c.health("").await.ok() == Some(ServingStatus::Serving) {
-                return c;
-            }
+        if let Ok(c) = connect().await
+            && c.health("").await.ok() == Some(ServingStatus::Serving)
+        {
+            return c;
         }
         assert!(Instant::now() < deadline, "never SERVING");
         tokio::time::sleep(Duration::from_millis(20)).await;
