@@ -76,3 +76,85 @@ fn help_documents_every_flag() {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
 }
+
+/// SIGTERM: health turns NOT_SERVING first (so meshes drain), then the
+/// process exits 0 within --shutdown-grace even with an open health Watch.
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    use std::time::{Duration, Instant};
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memgate"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--shutdown-grace",
+            "2s",
+        ])
+        .env_remove("MEMGATE_MEMCACHED")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut health = loop {
+        if let Ok(ch) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            break HealthClient::new(ch);
+        }
+        assert!(Instant::now() < deadline, "memgate never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut status = watch.message().await.unwrap().unwrap().status;
+    while status != ServingStatus::Serving as i32 {
+        status = watch.message().await.unwrap().unwrap().status;
+    }
+
+    let sent = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let next = tokio::time::timeout(Duration::from_secs(2), watch.message())
+        .await
+        .expect("no health change after SIGTERM");
+    assert_eq!(
+        next.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "memgate still running 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(code.success(), "exit status {code:?}");
+    println!(
+        "exited {:?} after SIGTERM with an open Watch (grace 2s)",
+        sent.elapsed()
+    );
+}
