@@ -178,6 +178,9 @@ impl Shard {
                 .map_err(|e| self.conn_error(e)),
             Err(e) => Err(e),
         };
+        if let Err(e) = &outcome {
+            tracing::debug!(shard = %self.addr, error = %e, "memcached call failed");
+        }
         self.record(outcome.is_ok());
         outcome
     }
