@@ -263,14 +263,13 @@ async fn shutdown_drains_streams_within_the_grace() {
             .await
     });
     let prefix = unique("drain");
+    let item = |i: usize| pb::SetRequest {
+        key: format!("{prefix}:{i}"),
+        value: b"v".to_vec(),
+        ttl_seconds: None,
+    };
     for i in 0..50 {
-        tx.send(pb::SetRequest {
-            key: format!("{prefix}:{i}"),
-            value: b"v".to_vec(),
-            ttl_seconds: None,
-        })
-        .await
-        .unwrap();
+        tx.send(item(i)).await.unwrap();
     }
 
     let started = Instant::now();
@@ -281,13 +280,7 @@ async fn shutdown_drains_streams_within_the_grace() {
         "health did not turn NOT_SERVING first: {next:?}"
     );
     for i in 50..100 {
-        tx.send(pb::SetRequest {
-            key: format!("{prefix}:{i}"),
-            value: b"v".to_vec(),
-            ttl_seconds: None,
-        })
-        .await
-        .unwrap();
+        tx.send(item(i)).await.unwrap();
     }
     drop(tx);
     let resp = stream

@@ -372,3 +372,61 @@ async fn oversized_values_never_desynchronise_connections() {
         t.await.unwrap();
     }
 }
+
+/// List must see every live key even while items move between memcached's
+/// LRU queues (reads bump them; the LRU maintainer shuffles new items) —
+/// an LRU walk misses items that move behind it, the hash-table walk
+/// memgate uses does not.
+#[tokio::test]
+async fn list_sees_every_key_under_lru_churn() {
+    let pool = common::pool(3);
+    let mg = Memgate::over(&pool).await;
+    let prefix = unique("churn");
+    let keys: Vec<String> = (0..1500).map(|i| format!("{prefix}:{i:04}")).collect();
+    let items: Vec<pb::SetRequest> = keys
+        .iter()
+        .map(|k| pb::SetRequest {
+            key: k.clone(),
+            value: vec![b'x'; 200],
+            ttl_seconds: None,
+        })
+        .collect();
+    for chunk in items.chunks(500) {
+        let resp = mg
+            .raw
+            .clone()
+            .batch_set(pb::BatchSetRequest {
+                items: chunk.to_vec(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(resp.stored, 500);
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churners: Vec<_> = (0..8)
+        .map(|t| {
+            let (c, keys, stop) = (mg.client.clone(), keys.clone(), stop.clone());
+            let other = format!("{prefix}-other");
+            tokio::spawn(async move {
+                let mut i = t;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _ = c.get(&keys[i % keys.len()]).await;
+                    // Same size class as the listed items, to push them
+                    // through the HOT/WARM/COLD queues.
+                    let _ = c.set(&format!("{other}:{i}"), vec![b'y'; 200], None).await;
+                    i += 7;
+                }
+            })
+        })
+        .collect();
+    for round in 0..20 {
+        let listed = mg.client.list(&format!("{prefix}:"), 0).await.unwrap();
+        let missed = keys.len().saturating_sub(listed.len());
+        assert_eq!(listed, keys, "round {round}: List missed {missed} keys");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in churners {
+        c.await.unwrap();
+    }
+}

@@ -218,14 +218,21 @@ fn print_row(workload: &str, target: &str, s: &Stats) {
     );
 }
 
-async fn compare(cli: &Cli, concurrency: usize, seconds: u64, value_bytes: usize) {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `shards` memcached processes (256 MiB, 2 threads each) in a temp
+/// dir that memcached, dropping to `nobody`, can write its port file to.
+fn start_pool(shards: usize) -> (tempfile::TempDir, Vec<stack::Proc>, Vec<String>) {
     use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mcs: Vec<_> = (0..cli.shards)
+    let mcs: Vec<_> = (0..shards)
         .map(|i| stack::memcached(dir.path(), i, 256, 2))
         .collect();
-    let addrs: Vec<String> = mcs.iter().map(|m| m.addr.clone()).collect();
+    let addrs = mcs.iter().map(|m| m.addr.clone()).collect();
+    (dir, mcs, addrs)
+}
+
+async fn compare(cli: &Cli, concurrency: usize, seconds: u64, value_bytes: usize) {
+    let (dir, _mcs, addrs) = start_pool(cli.shards);
     let mg = stack::memgate(&cli.memgate_bin, &addrs, &[]);
     let twem = stack::twemproxy(dir.path(), &addrs);
 
@@ -307,13 +314,7 @@ async fn compare(cli: &Cli, concurrency: usize, seconds: u64, value_bytes: usize
 }
 
 async fn soak(cli: &Cli, seconds: u64, concurrency: usize) -> bool {
-    let dir = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let mcs: Vec<_> = (0..cli.shards)
-        .map(|i| stack::memcached(dir.path(), i, 256, 2))
-        .collect();
-    let addrs: Vec<String> = mcs.iter().map(|m| m.addr.clone()).collect();
+    let (dir, _mcs, addrs) = start_pool(cli.shards);
     let mg = stack::memgate(&cli.memgate_bin, &addrs, &[]);
     let client = Client::connect(format!("http://{}", mg.addr))
         .await

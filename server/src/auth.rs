@@ -70,17 +70,24 @@ impl Interceptor for Auth {
         let Some(tokens) = &self.tokens else {
             return Ok(req);
         };
-        let presented = req
-            .metadata()
-            .get("authorization")
-            .map(|v| v.as_bytes())
-            .and_then(|v| v.strip_prefix(b"Bearer "));
-        match presented {
-            Some(token) if tokens.accepts(token) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("the bearer token is not accepted")),
-            None => Err(Status::unauthenticated(
+        let Some(header) = req.metadata().get("authorization").map(|v| v.as_bytes()) else {
+            return Err(Status::unauthenticated(
                 "missing credentials: send the header `authorization: Bearer <token>`",
-            )),
+            ));
+        };
+        // The scheme is case-insensitive (RFC 6750).
+        let token = match header.split_at_checked(7) {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token,
+            _ => {
+                return Err(Status::unauthenticated(
+                    "unsupported credentials: send `authorization: Bearer <token>`",
+                ));
+            }
+        };
+        if tokens.accepts(token) {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("the bearer token is not accepted"))
         }
     }
 }
@@ -120,6 +127,9 @@ mod tests {
     fn checks_the_bearer_header() {
         let mut auth = Auth::new(Some(Tokens::parse(&format!("{A}\n{B}")).unwrap()));
         assert!(auth.call(request(Some(&format!("Bearer {B}")))).is_ok());
+        assert!(auth.call(request(Some(&format!("bearer {A}")))).is_ok());
+        let err = auth.call(request(Some("Basic abc"))).unwrap_err();
+        assert!(err.message().contains("unsupported"), "{}", err.message());
         for bad in [
             None,
             Some("Bearer nope-nope-nope-nope"),

@@ -189,60 +189,24 @@ where
 
 /// Reports a request larger than the message limit as RESOURCE_EXHAUSTED
 /// (what gRPC specifies, and what other servers send) instead of tonic's
-/// OUT_OF_RANGE, with a hint the caller can act on.
+/// OUT_OF_RANGE, with a hint the caller can act on. Used with
+/// `tower::util::MapResponseLayer`.
 ///
 /// tonic's decoder answers such a unary request with a trailers-only
-/// response, so the status is in the headers, where this layer rewrites it.
-#[derive(Clone, Debug, Default)]
-pub struct MessageSizeLayer;
-
-impl<S> Layer<S> for MessageSizeLayer {
-    type Service = MessageSize<S>;
-    fn layer(&self, inner: S) -> MessageSize<S> {
-        MessageSize { inner }
-    }
-}
-
-/// See [`MessageSizeLayer`].
-#[derive(Clone, Debug)]
-pub struct MessageSize<S> {
-    inner: S,
-}
-
-impl<S, B> Service<http::Request<B>> for MessageSize<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let resp = fut.await?;
-            let Some(status) = Status::from_header_map(resp.headers()) else {
-                return Ok(resp);
-            };
+/// response, so the status is in the headers, where this rewrites it.
+pub fn oversized_request_status(resp: http::Response<Body>) -> http::Response<Body> {
+    match Status::from_header_map(resp.headers()) {
+        Some(status)
             if status.code() == tonic::Code::OutOfRange
-                && status
-                    .message()
-                    .contains("decoded message length too large")
-            {
-                return Ok(Status::resource_exhausted(format!(
-                    "request too large: {}; the limit is --max-message-bytes: send smaller batches or use a streaming RPC",
-                    status.message().trim_start_matches("Error, ")
-                ))
-                .into_http());
-            }
-            Ok(resp)
-        })
+                && status.message().contains("decoded message length too large") =>
+        {
+            Status::resource_exhausted(format!(
+                "request too large: {}; the limit is --max-message-bytes: send smaller batches or use a streaming RPC",
+                status.message().trim_start_matches("Error, ")
+            ))
+            .into_http()
+        }
+        _ => resp,
     }
 }
 

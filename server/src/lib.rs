@@ -27,7 +27,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::auth::Auth;
-use crate::layers::{DeadlineLayer, MessageSizeLayer, ShedLayer};
+use crate::layers::{DeadlineLayer, ShedLayer, oversized_request_status};
 
 use crate::config::{Backend, Config};
 use crate::service::CacheService;
@@ -169,7 +169,7 @@ async fn serve<S: Store>(
         // One server-wide budget of in-flight calls; the rest are shed.
         .layer(ShedLayer::new(settings.max_concurrent_calls))
         // Oversized requests are RESOURCE_EXHAUSTED, as gRPC specifies.
-        .layer(MessageSizeLayer)
+        .layer(tower::util::MapResponseLayer::new(oversized_request_status))
         .add_service(health_service)
         .add_service(cache)
         .add_optional_service(reflection_v1)

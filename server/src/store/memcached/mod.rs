@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::join_all;
 
-use self::protocol::{Decoder, Reply};
+use self::protocol::{Decoder, DumpWalk, Reply};
 use self::ring::{Ring, ShardSpec};
 use self::shard::{PoolSettings, Shard};
 use super::{Item, Reachability, Store};
@@ -118,10 +118,28 @@ impl ShardedStore {
         }
     }
 
-    /// Lists one shard, retrying while its crawler is busy.
+    /// Lists one shard with a hash-table walk, falling back to an LRU walk
+    /// on a memcached too old to know it.
     async fn list_shard(
         &self,
         shard: &Shard,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, Error> {
+        match self.dump_shard(shard, DumpWalk::Hash, prefix, limit).await {
+            Err(Error::ShardError { message, .. }) if message.contains("rejected") => {
+                tracing::debug!(shard = %shard.addr(), %message, "no hash walk; using the LRU walk");
+                self.dump_shard(shard, DumpWalk::Lru, prefix, limit).await
+            }
+            other => other,
+        }
+    }
+
+    /// Dumps one shard's keys, retrying while its crawler is busy.
+    async fn dump_shard(
+        &self,
+        shard: &Shard,
+        walk: DumpWalk,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, Error> {
@@ -129,7 +147,7 @@ impl ShardedStore {
         let give_up = tokio::time::Instant::now() + LIST_BUSY_PATIENCE;
         while tokio::time::Instant::now() < give_up {
             let mut cmd = BytesMut::new();
-            protocol::encode_metadump(&mut cmd);
+            protocol::encode_metadump(&mut cmd, walk);
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs() as i64);

@@ -118,9 +118,24 @@ pub fn encode_stats_settings(buf: &mut BytesMut) {
     buf.put_slice(b"stats settings\r\n");
 }
 
-/// Appends `lru_crawler metadump all\r\n`.
-pub fn encode_metadump(buf: &mut BytesMut) {
-    buf.put_slice(b"lru_crawler metadump all\r\n");
+/// Which walk a key dump takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpWalk {
+    /// `lru_crawler metadump hash` (memcached 1.6.10+): walks the hash
+    /// table, so it sees every item that exists for the whole dump.
+    Hash,
+    /// `lru_crawler metadump all`: walks the LRU queues, and misses items
+    /// that move between queues while it runs (reads bump items; the LRU
+    /// maintainer moves new ones). For memcached older than 1.6.10.
+    Lru,
+}
+
+/// Appends `lru_crawler metadump hash|all\r\n`.
+pub fn encode_metadump(buf: &mut BytesMut, walk: DumpWalk) {
+    buf.put_slice(match walk {
+        DumpWalk::Hash => b"lru_crawler metadump hash\r\n",
+        DumpWalk::Lru => b"lru_crawler metadump all\r\n",
+    });
 }
 
 /// What kind of reply a decoder expects.
