@@ -28,6 +28,12 @@
 // key, only a message, so status.Code of a *BatchError is codes.Unknown; use
 // errors.As to get at the list.
 //
+// # Authentication and TLS
+//
+// WithBearerToken sends a token to a server started with --auth-token-file;
+// WithTransportCredentials sets TLS (credentials.NewTLS) for a server
+// started with --tls-cert and --tls-key.
+//
 // # Deadlines
 //
 // Every method takes a context.Context and its deadline and cancellation
@@ -40,6 +46,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -61,6 +68,17 @@ const (
 	// server's own default limit (16 MiB), so the server's limit is the one
 	// that applies.
 	DefaultMaxMessageBytes = 64 << 20
+	// DefaultStreamWindowBytes and DefaultConnWindowBytes are the HTTP/2
+	// receive windows the client advertises, per stream and per connection:
+	// how much the server may send that the application has not read yet.
+	// grpc-go's default, 64 KiB that grows only while data flows, lets a
+	// GetStream whose consumer pauses hold a few hundred results; the server
+	// then stops reading keys (its backpressure), so a key sequence that
+	// waits for the consumer stalls. 4 MiB holds tens of thousands of small
+	// results. Override them with WithDialOptions(grpc.WithInitialWindowSize(n),
+	// grpc.WithInitialConnWindowSize(n)).
+	DefaultStreamWindowBytes = 4 << 20
+	DefaultConnWindowBytes   = 16 << 20
 	// ServiceName is the fully-qualified gRPC service name, which is also the
 	// name its health status is reported under.
 	ServiceName = "memgate.v1.Cache"
@@ -80,6 +98,7 @@ type config struct {
 	timeout  time.Duration
 	dialOpts []grpc.DialOption
 	creds    credentials.TransportCredentials
+	token    *string
 	maxMsg   int
 	lazy     bool
 }
@@ -102,10 +121,60 @@ func WithDialOptions(opts ...grpc.DialOption) Option {
 }
 
 // WithTransportCredentials sets the transport security, for example
-// credentials.NewTLS(tlsConfig). The default is plaintext (insecure), which is
-// what memgate serves unless it is put behind TLS.
+// credentials.NewTLS(tlsConfig) for a server started with --tls-cert and
+// --tls-key (put the CA that signed its certificate in tlsConfig.RootCAs,
+// and a client certificate in tlsConfig.Certificates for a server with
+// --tls-client-ca). The default is plaintext (insecure.NewCredentials()).
 func WithTransportCredentials(creds credentials.TransportCredentials) Option {
 	return func(c *config) { c.creds = creds }
+}
+
+// WithBearerToken sends token to a server started with --auth-token-file,
+// as the metadata "authorization: Bearer <token>" on every memgate.v1.Cache
+// call; health checks go without it, since the server keeps them open.
+// Without a valid token the server answers codes.Unauthenticated.
+//
+// It is a per-RPC credential (credentials.PerRPCCredentials) that does not
+// require transport security, so it works on a plaintext connection too.
+// A token sent over plaintext can be read by anyone on the path: use it
+// without TLS (WithTransportCredentials) only over loopback or a trusted
+// network. Dial fails with codes.InvalidArgument for a token that could
+// never be accepted (empty, with leading or trailing white space, or with
+// characters outside printable ASCII).
+func WithBearerToken(token string) Option {
+	return func(c *config) { c.token = &token }
+}
+
+// bearerToken is the per-RPC credential of WithBearerToken.
+type bearerToken struct{ header string }
+
+// GetRequestMetadata returns the authorization header for calls to the
+// Cache service. grpc-go passes the service's URI, e.g.
+// "https://host:port/memgate.v1.Cache", and nothing for other services.
+func (b bearerToken) GetRequestMetadata(_ context.Context, uri ...string) (map[string]string, error) {
+	for _, u := range uri {
+		if strings.HasSuffix(u, "/"+ServiceName) {
+			return map[string]string{"authorization": b.header}, nil
+		}
+	}
+	return nil, nil
+}
+
+// RequireTransportSecurity reports false so that grpc-go also sends the
+// token on plaintext connections (it refuses otherwise). See
+// WithBearerToken for what that means.
+func (bearerToken) RequireTransportSecurity() bool { return false }
+
+func checkToken(token string) error {
+	if token == "" || strings.TrimSpace(token) != token {
+		return errors.New("the bearer token is empty or starts or ends with white space")
+	}
+	for i := 0; i < len(token); i++ {
+		if token[i] < 0x20 || token[i] > 0x7e {
+			return errors.New("the bearer token has a character outside printable ASCII")
+		}
+	}
+	return nil
 }
 
 // WithMaxMessageBytes sets the largest gRPC message the client sends or
@@ -138,6 +207,13 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 	if cfg.maxMsg <= 0 {
 		return nil, status.Errorf(codes.InvalidArgument, "memgate: max message bytes must be positive, got %d", cfg.maxMsg)
 	}
+	var tokenOpt []grpc.DialOption
+	if cfg.token != nil {
+		if err := checkToken(*cfg.token); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "memgate: %v", err)
+		}
+		tokenOpt = append(tokenOpt, grpc.WithPerRPCCredentials(bearerToken{header: "Bearer " + *cfg.token}))
+	}
 	creds := cfg.creds
 	if creds == nil {
 		creds = insecure.NewCredentials()
@@ -148,7 +224,10 @@ func Dial(ctx context.Context, target string, opts ...Option) (*Client, error) {
 			grpc.MaxCallRecvMsgSize(cfg.maxMsg),
 			grpc.MaxCallSendMsgSize(cfg.maxMsg),
 		),
-	}, cfg.dialOpts...)
+		grpc.WithInitialWindowSize(DefaultStreamWindowBytes),
+		grpc.WithInitialConnWindowSize(DefaultConnWindowBytes),
+	}, tokenOpt...)
+	dialOpts = append(dialOpts, cfg.dialOpts...)
 
 	conn, err := grpc.NewClient(target, dialOpts...)
 	if err != nil {

@@ -11,23 +11,6 @@ import (
 	memgatev1 "github.com/memgate/memgate/client/go/gen/memgate/v1"
 )
 
-// Streaming limits. grpc-go sends every message as its own HTTP/2 DATA
-// frame, and memgate's HTTP/2 stack (h2 >= 0.4.16) closes the whole
-// connection with GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames" once
-// roughly 3,000 small frames sit unread in its buffers, which happens as
-// soon as a client sends a few thousand small messages faster than the
-// server consumes them (the server applies backpressure by not reading).
-// Until the server raises that budget, the client keeps the number of
-// unread messages small:
-const (
-	// getStreamWindow is the most keys GetStream has sent whose results
-	// have not arrived yet (two of the server's 256-key chunks).
-	getStreamWindow = 512
-	// clientStreamSplit is the most messages SetStream and DeleteStream send
-	// on one client stream; longer sequences use several streams in turn.
-	clientStreamSplit = 512
-)
-
 // GetResult is the outcome of reading one key in GetStream.
 type GetResult struct {
 	Key   string
@@ -42,9 +25,13 @@ type GetResult struct {
 // GetStream reads a stream of keys over one bidirectional stream
 // (BatchGetStream) and yields one result per key, in the order the keys
 // were given. The server works in chunks, so an unbounded key sequence uses
-// bounded memory on both sides, and a slow consumer slows the stream down.
-// At most 512 keys are sent ahead of their results (see "Known server
-// issues" in the README).
+// bounded memory on both sides. Sending and receiving are independent:
+// keys go out as fast as HTTP/2 flow control lets them, and a slow
+// consumer slows the server, and with it the sending, down (backpressure).
+// The server reads keys only while it can pass results on, so a key
+// sequence that waits for the loop body to read on stalls once the unread
+// results fill the receive window (DefaultStreamWindowBytes, tens of
+// thousands of small results).
 //
 // The stream starts when the returned sequence is iterated. keys is
 // consumed in a separate goroutine while results are yielded. If the stream
@@ -69,16 +56,12 @@ func (c *Client) GetStream(ctx context.Context, keys iter.Seq[string]) iter.Seq2
 			yield(GetResult{}, convert(ctx, err))
 			return
 		}
-		inFlight := make(chan struct{}, getStreamWindow)
 		go func() {
 			for k := range keys {
-				select {
-				case inFlight <- struct{}{}:
-				case <-sctx.Done():
-					return
-				}
+				// Send blocks while flow control holds the stream back; it
+				// fails once the stream is broken or cancelled (Recv then
+				// reports why).
 				if err := stream.Send(&memgatev1.GetRequest{Key: k}); err != nil {
-					// The stream is broken; Recv reports why.
 					return
 				}
 			}
@@ -92,10 +75,6 @@ func (c *Client) GetStream(ctx context.Context, keys iter.Seq[string]) iter.Seq2
 			if err != nil {
 				yield(GetResult{}, convert(ctx, err))
 				return
-			}
-			select {
-			case <-inFlight:
-			default: // more results than keys sent: not expected, do not block
 			}
 			res := GetResult{Key: r.GetKey(), Found: r.GetFound()}
 			switch {
@@ -113,16 +92,13 @@ func (c *Client) GetStream(ctx context.Context, keys iter.Seq[string]) iter.Seq2
 }
 
 // SetStream stores a stream of items, for example maps.All(m) or a
-// generator, over client streams (BatchSetStream) and returns how many
-// memcached acknowledged once the sequence ends. Items the server rejects
-// are reported in a *BatchError (returned with the count) while the stream
-// goes on.
-//
-// A long sequence is sent as several consecutive streams of at most 512
-// items, because the server currently closes a connection on which
-// thousands of small messages wait unread (see "Known server issues" in
-// the README); the counts and errors are added up. If a stream fails as a whole, SetStream stops and returns
-// the count of the streams that completed with the status error.
+// generator, over one client stream (BatchSetStream) and returns how many
+// memcached acknowledged once the sequence ends. Items are sent as fast as
+// the server takes them (flow control), so any number of them works in
+// bounded memory. Items the server rejects are reported in a *BatchError
+// (returned with the count) while the stream goes on. If the stream fails
+// as a whole, the count is 0 and the error is the status error; items sent
+// before the failure may have been stored.
 //
 // opts apply to every item. The per-call default timeout does not apply to
 // streams: bound them with ctx.
@@ -138,20 +114,16 @@ func (c *Client) SetStream(ctx context.Context, items iter.Seq2[string, []byte],
 			}
 		}
 	}
-	var failed []KeyError
-	err = splitClientStream(ctx, c.rpc.BatchSetStream, reqs, func(r *memgatev1.BatchSetResponse) {
-		stored += int(r.GetStored())
-		failed = appendKeyErrors(failed, r.GetErrors())
-	})
+	resp, err := clientStream(ctx, c.rpc.BatchSetStream, reqs)
 	if err != nil {
-		return stored, err
+		return 0, err
 	}
-	return stored, batchErrorOf("SetStream", failed)
+	return int(resp.GetStored()), batchErrorOf("SetStream", appendKeyErrors(nil, resp.GetErrors()))
 }
 
-// DeleteStream deletes a stream of keys over client streams
+// DeleteStream deletes a stream of keys over one client stream
 // (BatchDeleteStream) and returns how many existed once the sequence ends.
-// Long sequences and failures are handled like SetStream's.
+// Failures are handled like SetStream's.
 func (c *Client) DeleteStream(ctx context.Context, keys iter.Seq[string]) (deleted int, err error) {
 	reqs := func(yield func(*memgatev1.DeleteRequest) bool) {
 		for k := range keys {
@@ -160,62 +132,37 @@ func (c *Client) DeleteStream(ctx context.Context, keys iter.Seq[string]) (delet
 			}
 		}
 	}
-	var failed []KeyError
-	err = splitClientStream(ctx, c.rpc.BatchDeleteStream, reqs, func(r *memgatev1.BatchDeleteResponse) {
-		deleted += int(r.GetDeleted())
-		failed = appendKeyErrors(failed, r.GetErrors())
-	})
+	resp, err := clientStream(ctx, c.rpc.BatchDeleteStream, reqs)
 	if err != nil {
-		return deleted, err
+		return 0, err
 	}
-	return deleted, batchErrorOf("DeleteStream", failed)
+	return int(resp.GetDeleted()), batchErrorOf("DeleteStream", appendKeyErrors(nil, resp.GetErrors()))
 }
 
-// splitClientStream sends reqs over consecutive client streams of at most
-// clientStreamSplit messages and hands each stream's response to done. An
-// empty sequence still makes one (empty) call, so the server sees it.
-func splitClientStream[Req, Resp any](
+// clientStream sends reqs over one client stream and returns the server's
+// response. Send blocks while HTTP/2 flow control holds the stream back,
+// which is the backpressure; an empty sequence still makes the call.
+func clientStream[Req, Resp any](
 	ctx context.Context,
 	open func(context.Context, ...grpc.CallOption) (grpc.ClientStreamingClient[Req, Resp], error),
 	reqs iter.Seq[*Req],
-	done func(*Resp),
-) error {
-	var stream grpc.ClientStreamingClient[Req, Resp]
-	sent := 0
-	finish := func() error {
-		resp, err := stream.CloseAndRecv()
-		stream, sent = nil, 0
-		if err != nil {
-			return convert(ctx, err)
-		}
-		done(resp)
-		return nil
+) (*Resp, error) {
+	// Cancelled on return, so the stream is released on every path,
+	// a panic in the sequence included.
+	ctx2, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := open(ctx2)
+	if err != nil {
+		return nil, convert(ctx, err)
 	}
-	opened := false
-	var err error
 	for req := range reqs {
-		if stream == nil {
-			if stream, err = open(ctx); err != nil {
-				return convert(ctx, err)
-			}
-			opened = true
-		}
 		if stream.Send(req) != nil {
 			break // the stream is broken; CloseAndRecv reports why
 		}
-		if sent++; sent == clientStreamSplit {
-			if err := finish(); err != nil {
-				return err
-			}
-		}
 	}
-	if stream == nil && !opened {
-		if stream, err = open(ctx); err != nil {
-			return convert(ctx, err)
-		}
+	resp, err := stream.CloseAndRecv()
+	if err != nil {
+		return nil, convert(ctx, err)
 	}
-	if stream != nil {
-		return finish()
-	}
-	return nil
+	return resp, nil
 }

@@ -63,7 +63,7 @@ pub enum Error {
     /// The shard is marked down after repeated failures; its keys fail
     /// fast until it answers again.
     #[error(
-        "memcached shard {addr} is marked down after {failures} consecutive failures ({down_for:?} ago); retry later"
+        "memcached shard {addr} is unavailable: marked down after {failures} consecutive failures ({down_for:?} ago); retry later"
     )]
     ShardDown {
         /// The shard's address.

@@ -52,7 +52,9 @@ type Option struct {
 	// ErrNotFound. kivigo users set it to kivigo's errs.ErrNotFound so that
 	// errors.Is(err, errs.ErrNotFound) works on client.Get's error.
 	NotFoundError error
-	// ClientOptions are passed to memgate.Dial (TLS, message size, ...).
+	// ClientOptions are passed to memgate.Dial: memgate.WithBearerToken for
+	// a server with --auth-token-file, memgate.WithTransportCredentials for
+	// TLS, message size, ...
 	ClientOptions []memgate.Option
 }
 

@@ -63,11 +63,12 @@ type CacheClient interface {
 	Set(ctx context.Context, in *SetRequest, opts ...grpc.CallOption) (*SetResponse, error)
 	// Delete removes a key and reports whether it existed.
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
-	// List returns keys starting with a prefix. On memcached it fans out
-	// `lru_crawler metadump all` to every shard and merges the results: a
-	// point-in-time snapshot per shard that can miss writes made while it
-	// runs and is not ordered consistently across shards. The result is
-	// sorted by key and capped at `limit`. The embedded store lists exactly.
+	// List returns keys starting with a prefix, sorted, capped at `limit`.
+	// On memcached it fans `lru_crawler metadump hash` out to every shard and
+	// merges the results: every key that exists for the whole call is
+	// listed; a key written or deleted while it runs may or may not be.
+	// It reads every item's metadata on every shard: an operator's tool, not
+	// a hot-path query. The embedded store lists exactly.
 	List(ctx context.Context, in *ListRequest, opts ...grpc.CallOption) (*ListResponse, error)
 	// BatchGet reads many keys with one multi-key `get` per shard. Results
 	// come in request order, one per requested key (duplicates included).
@@ -82,6 +83,9 @@ type CacheClient interface {
 	// BatchGetStream answers a stream of reads with a stream of results, in
 	// request order. Requests are processed in chunks, so an unbounded stream
 	// uses bounded memory; a slow reader slows the stream down (backpressure).
+	// A client must read results while it sends: one that sends everything
+	// first is held by flow control once the results waiting for it fill the
+	// server's small buffer and the client's own receive window.
 	BatchGetStream(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[GetRequest, GetResult], error)
 	// BatchSetStream stores a stream of items and reports the total once the
 	// client closes its side. Invalid items are reported in `errors` (the
@@ -236,11 +240,12 @@ type CacheServer interface {
 	Set(context.Context, *SetRequest) (*SetResponse, error)
 	// Delete removes a key and reports whether it existed.
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
-	// List returns keys starting with a prefix. On memcached it fans out
-	// `lru_crawler metadump all` to every shard and merges the results: a
-	// point-in-time snapshot per shard that can miss writes made while it
-	// runs and is not ordered consistently across shards. The result is
-	// sorted by key and capped at `limit`. The embedded store lists exactly.
+	// List returns keys starting with a prefix, sorted, capped at `limit`.
+	// On memcached it fans `lru_crawler metadump hash` out to every shard and
+	// merges the results: every key that exists for the whole call is
+	// listed; a key written or deleted while it runs may or may not be.
+	// It reads every item's metadata on every shard: an operator's tool, not
+	// a hot-path query. The embedded store lists exactly.
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	// BatchGet reads many keys with one multi-key `get` per shard. Results
 	// come in request order, one per requested key (duplicates included).
@@ -255,6 +260,9 @@ type CacheServer interface {
 	// BatchGetStream answers a stream of reads with a stream of results, in
 	// request order. Requests are processed in chunks, so an unbounded stream
 	// uses bounded memory; a slow reader slows the stream down (backpressure).
+	// A client must read results while it sends: one that sends everything
+	// first is held by flow control once the results waiting for it fill the
+	// server's small buffer and the client's own receive window.
 	BatchGetStream(grpc.BidiStreamingServer[GetRequest, GetResult]) error
 	// BatchSetStream stores a stream of items and reports the total once the
 	// client closes its side. Invalid items are reported in `errors` (the

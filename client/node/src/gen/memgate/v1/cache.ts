@@ -1198,11 +1198,12 @@ export const CacheService = {
     responseDeserialize: (value: Buffer): DeleteResponse => DeleteResponse.decode(value),
   },
   /**
-   * List returns keys starting with a prefix. On memcached it fans out
-   * `lru_crawler metadump all` to every shard and merges the results: a
-   * point-in-time snapshot per shard that can miss writes made while it
-   * runs and is not ordered consistently across shards. The result is
-   * sorted by key and capped at `limit`. The embedded store lists exactly.
+   * List returns keys starting with a prefix, sorted, capped at `limit`.
+   * On memcached it fans `lru_crawler metadump hash` out to every shard and
+   * merges the results: every key that exists for the whole call is
+   * listed; a key written or deleted while it runs may or may not be.
+   * It reads every item's metadata on every shard: an operator's tool, not
+   * a hot-path query. The embedded store lists exactly.
    */
   list: {
     path: "/memgate.v1.Cache/List" as const,
@@ -1255,6 +1256,9 @@ export const CacheService = {
    * BatchGetStream answers a stream of reads with a stream of results, in
    * request order. Requests are processed in chunks, so an unbounded stream
    * uses bounded memory; a slow reader slows the stream down (backpressure).
+   * A client must read results while it sends: one that sends everything
+   * first is held by flow control once the results waiting for it fill the
+   * server's small buffer and the client's own receive window.
    */
   batchGetStream: {
     path: "/memgate.v1.Cache/BatchGetStream" as const,
@@ -1305,11 +1309,12 @@ export interface CacheServer extends UntypedServiceImplementation {
   /** Delete removes a key and reports whether it existed. */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
   /**
-   * List returns keys starting with a prefix. On memcached it fans out
-   * `lru_crawler metadump all` to every shard and merges the results: a
-   * point-in-time snapshot per shard that can miss writes made while it
-   * runs and is not ordered consistently across shards. The result is
-   * sorted by key and capped at `limit`. The embedded store lists exactly.
+   * List returns keys starting with a prefix, sorted, capped at `limit`.
+   * On memcached it fans `lru_crawler metadump hash` out to every shard and
+   * merges the results: every key that exists for the whole call is
+   * listed; a key written or deleted while it runs may or may not be.
+   * It reads every item's metadata on every shard: an operator's tool, not
+   * a hot-path query. The embedded store lists exactly.
    */
   list: handleUnaryCall<ListRequest, ListResponse>;
   /**
@@ -1330,6 +1335,9 @@ export interface CacheServer extends UntypedServiceImplementation {
    * BatchGetStream answers a stream of reads with a stream of results, in
    * request order. Requests are processed in chunks, so an unbounded stream
    * uses bounded memory; a slow reader slows the stream down (backpressure).
+   * A client must read results while it sends: one that sends everything
+   * first is held by flow control once the results waiting for it fill the
+   * server's small buffer and the client's own receive window.
    */
   batchGetStream: handleBidiStreamingCall<GetRequest, GetResult>;
   /**
@@ -1392,11 +1400,12 @@ export interface CacheClient extends Client {
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
   ): ClientUnaryCall;
   /**
-   * List returns keys starting with a prefix. On memcached it fans out
-   * `lru_crawler metadump all` to every shard and merges the results: a
-   * point-in-time snapshot per shard that can miss writes made while it
-   * runs and is not ordered consistently across shards. The result is
-   * sorted by key and capped at `limit`. The embedded store lists exactly.
+   * List returns keys starting with a prefix, sorted, capped at `limit`.
+   * On memcached it fans `lru_crawler metadump hash` out to every shard and
+   * merges the results: every key that exists for the whole call is
+   * listed; a key written or deleted while it runs may or may not be.
+   * It reads every item's metadata on every shard: an operator's tool, not
+   * a hot-path query. The embedded store lists exactly.
    */
   list(request: ListRequest, callback: (error: ServiceError | null, response: ListResponse) => void): ClientUnaryCall;
   list(
@@ -1470,6 +1479,9 @@ export interface CacheClient extends Client {
    * BatchGetStream answers a stream of reads with a stream of results, in
    * request order. Requests are processed in chunks, so an unbounded stream
    * uses bounded memory; a slow reader slows the stream down (backpressure).
+   * A client must read results while it sends: one that sends everything
+   * first is held by flow control once the results waiting for it fill the
+   * server's small buffer and the client's own receive window.
    */
   batchGetStream(): ClientDuplexStream<GetRequest, GetResult>;
   batchGetStream(options: Partial<CallOptions>): ClientDuplexStream<GetRequest, GetResult>;

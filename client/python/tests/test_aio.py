@@ -1,0 +1,288 @@
+"""The asyncio client against the live server.
+
+Each test runs its own event loop with asyncio.run (no pytest plugin), and
+creates its client inside it, as grpc.aio requires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import AsyncIterator, Awaitable, Callable, TypeVar
+
+import grpc
+import pytest
+from conftest import free_port
+
+import memgate
+import memgate.aio
+
+T = TypeVar("T")
+
+
+def run(target: str, test: Callable[[memgate.aio.Client], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with memgate.aio.Client(target) as client:
+            return await test(client)
+
+    return asyncio.run(main())
+
+
+async def eventually(probe: Callable[[], Awaitable[bool]], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def agen(*items: T) -> AsyncIterator[T]:
+    for item in items:
+        await asyncio.sleep(0)
+        yield item
+
+
+def test_single_keys(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        assert await c.get(prefix + "k") is None
+        await c.set(prefix + "k", b"\x00\r\nEND\r\n")
+        assert await c.get(prefix + "k") == b"\x00\r\nEND\r\n"
+        await c.set(prefix + "s", "grüße")
+        assert await c.get(prefix + "s") == "grüße".encode()
+        await c.set(prefix + "empty", b"")
+        assert await c.get(prefix + "empty") == b""
+        assert await c.delete(prefix + "k") is True
+        assert await c.delete(prefix + "k") is False
+
+    run(target, test)
+
+
+def test_invalid_key_is_invalid_argument(target: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        for call in (c.get("bad key"), c.set("", b"v"), c.get_many(["ok", "a\r\nb"])):
+            with pytest.raises(memgate.MemgateError) as excinfo:
+                await call
+            assert excinfo.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+    run(target, test)
+
+
+def test_ttl_expires(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        # See the sync test: a ttl=1 item may legitimately expire at once.
+        for _ in range(5):
+            await c.set(prefix + "ttl", b"v", ttl=1)
+            if await c.get(prefix + "ttl") == b"v":
+                break
+        else:
+            pytest.fail("a ttl=1 item was never readable right after it was set")
+
+        async def gone() -> bool:
+            return await c.get(prefix + "ttl") is None
+
+        await eventually(gone, "the ttl=1 item to expire")
+
+    run(target, test)
+
+
+def test_batches_and_list(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        assert await c.set_many({prefix + "a": b"1", prefix + "b": "2"}, ttl=60) == 2
+        assert await c.get_many([prefix + "a", prefix + "x", prefix + "b"]) == {
+            prefix + "a": b"1",
+            prefix + "b": b"2",
+        }
+        assert await c.list(prefix) == [prefix + "a", prefix + "b"]
+        assert await c.list(prefix, limit=1) == [prefix + "a"]
+        assert await c.delete_many([prefix + "a", prefix + "x"]) == 1
+        assert await c.list(prefix) == [prefix + "b"]
+
+    run(target, test)
+
+
+def test_streams_take_async_and_plain_iterables(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        keys = [f"{prefix}{i:04}" for i in range(600)]
+
+        async def items() -> AsyncIterator[memgate.SetItem]:
+            for i, k in enumerate(keys):
+                if i % 100 == 0:
+                    await asyncio.sleep(0)
+                yield (k, k.encode() + b"\r\n", 60) if i % 2 else (k, k.encode() + b"\r\n")
+
+        assert await c.set_stream(items()) == len(keys)
+        got = [pair async for pair in c.get_stream(agen(keys[0], prefix + "none", keys[-1]))]
+        assert got == [
+            (keys[0], keys[0].encode() + b"\r\n"),
+            (prefix + "none", None),
+            (keys[-1], keys[-1].encode() + b"\r\n"),
+        ]
+        got = [pair async for pair in c.get_stream(keys)]  # a plain list
+        assert got == [(k, k.encode() + b"\r\n") for k in keys]
+        assert await c.delete_stream(agen(*keys[:300])) == 300
+        assert await c.delete_stream(keys) == 300
+
+    run(target, test)
+
+
+def test_long_streams_of_tiny_keys_use_one_stream(target: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        n = 20_000
+        p = f"t:{uuid.uuid4().hex[:8]}:"
+        keys = [f"{p}{i}" for i in range(n)]
+        assert await c.set_stream((k, b"v") for k in keys) == n
+        all_sent = asyncio.Event()
+
+        async def key_source() -> AsyncIterator[str]:
+            for k in keys:
+                yield k
+            all_sent.set()
+
+        # Read one result, then nothing until every key has been sent.
+        results = c.get_stream(key_source())
+        assert await results.__anext__() == (keys[0], b"v")
+        await asyncio.wait_for(all_sent.wait(), 30)
+        rest = [pair async for pair in results]
+        assert rest == [(k, b"v") for k in keys[1:]]
+        assert await c.delete_stream(agen(*keys)) == n
+        assert await c.get(keys[0]) is None
+
+    run(target, test)
+
+
+def test_stream_per_key_errors(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await c.set_stream(agen((prefix + "a", b"1"), ("bad key", b"2")))
+        assert excinfo.value.code == grpc.StatusCode.UNKNOWN
+        assert list(excinfo.value.key_errors) == ["bad key"]
+        assert await c.get(prefix + "a") == b"1"
+
+        results = c.get_stream(agen(prefix + "a", "bad key"))
+        assert await results.__anext__() == (prefix + "a", b"1")
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await results.__anext__()
+        assert list(excinfo.value.key_errors) == ["bad key"]
+
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await c.delete_stream(["bad key"])
+        assert list(excinfo.value.key_errors) == ["bad key"]
+
+    run(target, test)
+
+
+def test_get_stream_can_stop_early(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        async def endless() -> AsyncIterator[str]:
+            i = 0
+            while True:
+                yield f"{prefix}{i}"
+                i += 1
+                await asyncio.sleep(0)
+
+        results = c.get_stream(endless())
+        assert await results.__anext__() == (prefix + "0", None)
+        await asyncio.wait_for(results.aclose(), 5)
+        assert await c.get(prefix + "0") is None
+
+    run(target, test)
+
+
+def test_exception_in_input_iterator_reaches_the_caller(target: str, prefix: str) -> None:
+    class Boom(Exception):
+        pass
+
+    async def keys() -> AsyncIterator[str]:
+        yield prefix + "a"
+        raise Boom("input failed")
+
+    async def test(c: memgate.aio.Client) -> None:
+        with pytest.raises(Boom):
+            [pair async for pair in c.get_stream(keys())]
+        with pytest.raises(Boom):
+            await c.delete_stream(keys())
+        with pytest.raises(TypeError):
+            await c.set_stream([prefix + "not-a-tuple"])  # type: ignore[list-item]
+        assert await c.get(prefix + "a") is None  # the client still works
+
+    run(target, test)
+
+
+def test_cancelling_the_caller_still_cancels(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        never = asyncio.Event()
+
+        async def stalled() -> AsyncIterator[memgate.SetItem]:
+            yield (prefix + "a", b"v")
+            await never.wait()
+
+        task = asyncio.ensure_future(c.set_stream(stalled()))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(target, test)
+
+
+def test_one_client_is_shared_by_tasks(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        async def work(i: int) -> None:
+            await c.set(f"{prefix}{i}", str(i))
+            assert await c.get(f"{prefix}{i}") == str(i).encode()
+
+        await asyncio.gather(*(work(i) for i in range(200)))
+        assert len(await c.list(prefix)) == 200
+
+    run(target, test)
+
+
+def test_health(target: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        assert await c.health() == "SERVING"
+        assert await c.health("memgate.v1.Cache") == "SERVING"
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await c.health("no.such.Service")
+        assert excinfo.value.code == grpc.StatusCode.NOT_FOUND
+
+    run(target, test)
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    async def main() -> None:
+        async with memgate.aio.Client(f"127.0.0.1:{free_port()}") as c:
+            with pytest.raises(memgate.MemgateError) as excinfo:
+                await c.get("k")
+            assert excinfo.value.code == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(memgate.MemgateError) as excinfo:
+                [pair async for pair in c.get_stream(["k"])]
+            assert excinfo.value.code == grpc.StatusCode.UNAVAILABLE
+
+    asyncio.run(main())
+
+
+def test_stream_timeout(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        never = asyncio.Event()
+
+        async def stalled() -> AsyncIterator[str]:
+            yield prefix + "a"
+            await never.wait()
+
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await c.delete_stream(stalled(), timeout=0.3)
+        assert excinfo.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+    run(target, test)
+
+
+def test_closed_client_raises(target: str) -> None:
+    async def main() -> None:
+        async with memgate.aio.Client(target) as c:
+            assert await c.health() == "SERVING"
+        with pytest.raises(ValueError, match="closed"):
+            await c.get("k")
+        await c.close()
+
+    asyncio.run(main())

@@ -1,0 +1,522 @@
+"""The blocking client against the live server (scripts/with-stack.sh)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from typing import Dict, Iterator
+
+import grpc
+import pytest
+from conftest import free_port, wait_for
+
+import memgate
+
+# Values that break naive text protocols: memcached's own terminators, a fake
+# END line, NUL, every byte value, and nothing at all.
+BINARY_VALUES = [
+    b"\x00",
+    b"a\r\nb",
+    b"\r\n",
+    b"\n\r\x00\r\n",
+    b"VALUE x 0 1\r\nEND\r\n",
+    bytes(range(256)),
+    b"",
+]
+
+# Keys the server must refuse, each for a different rule.
+INVALID_KEYS = [
+    pytest.param("", id="empty"),
+    pytest.param("has space", id="space"),
+    pytest.param("a\r\nflush_all", id="crlf-injection"),
+    pytest.param("tab\tkey", id="control"),
+    pytest.param("k" * 251, id="too-long"),
+]
+
+
+def assert_invalid_argument(excinfo: pytest.ExceptionInfo[memgate.MemgateError]) -> None:
+    assert excinfo.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert excinfo.value.details  # the server names the rule
+
+
+# -- single keys ---------------------------------------------------------
+
+
+def test_miss_returns_none(client: memgate.Client, prefix: str) -> None:
+    assert client.get(prefix + "never-set") is None
+
+
+@pytest.mark.parametrize("value", BINARY_VALUES, ids=repr)
+def test_binary_values_round_trip(client: memgate.Client, prefix: str, value: bytes) -> None:
+    client.set(prefix + "v", value)
+    assert client.get(prefix + "v") == value
+
+
+def test_empty_value_is_found_not_a_miss(client: memgate.Client, prefix: str) -> None:
+    client.set(prefix + "empty", b"")
+    assert client.get(prefix + "empty") == b""
+
+
+def test_str_values_are_stored_as_utf8(client: memgate.Client, prefix: str) -> None:
+    client.set(prefix + "s", "grüße ✓")
+    assert client.get(prefix + "s") == "grüße ✓".encode()
+
+
+def test_unicode_key(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "clé-ключ-鍵"
+    client.set(key, b"v")
+    assert client.get(key) == b"v"
+    assert client.list(prefix) == [key]
+
+
+def test_large_value_round_trips(client: memgate.Client, prefix: str) -> None:
+    value = bytes(range(256)) * 2048  # 512 KiB
+    client.set(prefix + "big", value)
+    assert client.get(prefix + "big") == value
+
+
+def test_value_over_max_value_bytes_is_invalid_argument(
+    client: memgate.Client, prefix: str
+) -> None:
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.set(prefix + "huge", b"x" * (1024 * 1024 + 1))  # --max-value-bytes defaults to 1 MiB
+    assert_invalid_argument(excinfo)
+    assert client.get(prefix + "huge") is None
+
+
+def test_set_overwrites(client: memgate.Client, prefix: str) -> None:
+    client.set(prefix + "k", b"one")
+    client.set(prefix + "k", b"two")
+    assert client.get(prefix + "k") == b"two"
+
+
+def test_delete_reports_whether_the_key_existed(client: memgate.Client, prefix: str) -> None:
+    client.set(prefix + "k", b"v")
+    assert client.delete(prefix + "k") is True
+    assert client.get(prefix + "k") is None
+    assert client.delete(prefix + "k") is False
+
+
+@pytest.mark.parametrize("key", INVALID_KEYS)
+def test_invalid_key_is_invalid_argument(client: memgate.Client, key: str) -> None:
+    for call in (
+        lambda: client.get(key),
+        lambda: client.set(key, b"v"),
+        lambda: client.delete(key),
+    ):
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            call()
+        assert_invalid_argument(excinfo)
+
+
+def test_error_text_names_code_and_rule(client: memgate.Client) -> None:
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.get("has space")
+    assert str(excinfo.value).startswith("INVALID_ARGUMENT: ")
+    assert "space" in excinfo.value.details
+    assert excinfo.value.key_errors == {}
+
+
+# -- TTL -------------------------------------------------------------------
+
+
+def test_ttl_expires(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "ttl"
+    # memcached counts expiry in whole seconds of its own clock, so a ttl=1
+    # item lives between 0 and 1 s: one that expired before the first read
+    # is legitimate. Retry the write until a read sees it, to prove that it
+    # was stored at all before waiting for it to go.
+    for _ in range(5):
+        client.set(key, b"short-lived", ttl=1)
+        if client.get(key) == b"short-lived":
+            break
+    else:
+        pytest.fail("a ttl=1 item was never readable right after it was set")
+    client.set(prefix + "forever", b"v", ttl=0)
+    start = time.monotonic()
+    wait_for(lambda: client.get(key) is None, "the ttl=1 item to expire", timeout=5.0)
+    assert time.monotonic() - start < 3.0
+    assert client.get(prefix + "forever") == b"v"
+
+
+def test_ttl_over_30_days_is_not_an_absolute_date_in_1970(
+    client: memgate.Client, prefix: str
+) -> None:
+    # memcached reads an exptime over 30 days as a unix time; the server
+    # converts, so a 40-day item must not be born expired.
+    client.set(prefix + "long", b"v", ttl=40 * 24 * 3600)
+    assert client.get(prefix + "long") == b"v"
+
+
+def test_ttl_past_2038_is_kept(client: memgate.Client, prefix: str) -> None:
+    # memcached's expiry is a 32-bit unix time; the server caps a TTL that
+    # ends after 2038-01-19 03:14:07 UTC there instead of losing the item.
+    for ttl in (20 * 365 * 24 * 3600, 2**32 - 1):  # 20 years; the largest ttl_seconds
+        client.set(f"{prefix}{ttl}", b"v", ttl=ttl)
+        assert client.get(f"{prefix}{ttl}") == b"v"
+    client.set_many({prefix + "batch": b"v"}, ttl=2**32 - 1)
+    client.set_stream([(prefix + "stream", b"v", 2**32 - 1)])
+    assert client.get_many([prefix + "batch", prefix + "stream"]) == {
+        prefix + "batch": b"v",
+        prefix + "stream": b"v",
+    }
+
+
+def test_bad_ttl_and_value_types_fail_before_sending(client: memgate.Client, prefix: str) -> None:
+    with pytest.raises(ValueError):
+        client.set(prefix + "k", b"v", ttl=-1)
+    with pytest.raises(ValueError):
+        client.set(prefix + "k", b"v", ttl=2**32)
+    with pytest.raises(TypeError):
+        client.set(prefix + "k", b"v", ttl=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        client.set(prefix + "k", 42)  # type: ignore[arg-type]
+    assert client.get(prefix + "k") is None
+
+
+# -- batches ---------------------------------------------------------------
+
+
+def test_set_many_get_many_delete_many(client: memgate.Client, prefix: str) -> None:
+    items: Dict[str, memgate.Value] = {
+        prefix + "a": b"\x00A\r\n",
+        prefix + "b": "B",
+        prefix + "c": b"",
+    }
+    assert client.set_many(items) == 3
+    got = client.get_many(
+        [prefix + "a", prefix + "missing", prefix + "b", prefix + "c", prefix + "a"]
+    )
+    assert got == {prefix + "a": b"\x00A\r\n", prefix + "b": b"B", prefix + "c": b""}
+    assert client.delete_many([prefix + "a", prefix + "b", prefix + "missing"]) == 2
+    assert client.get_many([prefix + "a", prefix + "b", prefix + "c"]) == {prefix + "c": b""}
+
+
+def test_batches_accept_empty_input(client: memgate.Client) -> None:
+    assert client.get_many([]) == {}
+    assert client.set_many({}) == 0
+    assert client.delete_many([]) == 0
+
+
+def test_set_many_with_ttl(client: memgate.Client, prefix: str) -> None:
+    assert client.set_many({prefix + "a": b"1", prefix + "b": b"2"}, ttl=1) == 2
+    wait_for(
+        lambda: client.get_many([prefix + "a", prefix + "b"]) == {},
+        "batch ttl to expire",
+        timeout=5.0,
+    )
+
+
+def test_invalid_key_fails_the_whole_batch_and_writes_nothing(
+    client: memgate.Client, prefix: str
+) -> None:
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.set_many({prefix + "good": b"v", prefix + "bad key": b"v"})
+    assert_invalid_argument(excinfo)
+    assert client.get(prefix + "good") is None
+    for call in (
+        lambda: client.get_many([prefix + "good", "bad key"]),
+        lambda: client.delete_many([prefix + "good", "bad key"]),
+    ):
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            call()
+        assert_invalid_argument(excinfo)
+
+
+def test_batch_over_max_batch_keys_is_invalid_argument(client: memgate.Client, prefix: str) -> None:
+    keys = [f"{prefix}{i}" for i in range(1001)]  # --max-batch-keys defaults to 1000
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.get_many(keys)
+    assert_invalid_argument(excinfo)
+    assert "1000" in excinfo.value.details
+
+
+def test_response_over_message_limit_is_resource_exhausted(
+    client: memgate.Client, prefix: str
+) -> None:
+    # 18 values of 1000000 bytes make a BatchGet response over the server's
+    # 16 MiB --max-message-bytes; the streams carry them one per message.
+    value = b"v" * 1_000_000
+    keys = [f"{prefix}{i}" for i in range(18)]
+    assert client.set_stream((k, value) for k in keys) == len(keys)
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.get_many(keys)
+    assert excinfo.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-message-bytes" in excinfo.value.details
+    assert list(client.get_stream(keys)) == [(k, value) for k in keys]
+    assert client.delete_many(keys) == len(keys)
+
+
+def test_request_over_message_limit_is_resource_exhausted(
+    client: memgate.Client, prefix: str
+) -> None:
+    items = {f"{prefix}{i}": b"v" * 1_000_000 for i in range(18)}  # > 16 MiB in one message
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.set_many(items)
+    assert excinfo.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-message-bytes" in excinfo.value.details
+    assert client.get_many(list(items)[:3]) == {}  # nothing was written
+    assert client.get(prefix + "after") is None  # the connection is still fine
+
+
+# -- list --------------------------------------------------------------------
+
+
+def test_list_is_sorted_filtered_and_limited(client: memgate.Client, prefix: str) -> None:
+    keys = [prefix + k for k in ("b", "a", "c/1", "c/2")]
+    client.set_many({k: b"v" for k in keys})
+    client.set(prefix[:-1] + "-other", b"v")  # shares all but the last character
+    assert client.list(prefix) == sorted(keys)
+    assert client.list(prefix, limit=2) == sorted(keys)[:2]
+    assert client.list(prefix + "c/") == [prefix + "c/1", prefix + "c/2"]
+    assert client.list(prefix + "nothing") == []
+    client.delete(prefix + "a")
+    assert prefix + "a" not in client.list(prefix)
+
+
+def test_list_decodes_keys_memcached_escapes(client: memgate.Client, prefix: str) -> None:
+    # memcached's metadump URL-encodes keys; List must return them as set.
+    keys = [prefix + k for k in ("100%", "a+b", "x%2Fy", "é", "q?=&")]
+    client.set_many({k: b"v" for k in keys})
+    assert client.list(prefix) == sorted(keys)
+
+
+def test_list_skips_expired_keys(client: memgate.Client, prefix: str) -> None:
+    client.set(prefix + "gone", b"v", ttl=1)
+    client.set(prefix + "kept", b"v")
+    wait_for(
+        lambda: client.list(prefix) == [prefix + "kept"],
+        "the expired key to leave List",
+        timeout=5.0,
+    )
+
+
+# -- streams -------------------------------------------------------------------
+
+
+def test_streams_handle_more_keys_than_one_batch(client: memgate.Client, prefix: str) -> None:
+    n = 2500  # over --max-batch-keys (1000) and several server chunks (256)
+    keys = [f"{prefix}{i:05}" for i in range(n)]
+    items = ((k, k.encode() + b"\x00\r\n") for k in keys)  # a generator: read lazily
+    assert client.set_stream(items) == n
+    asked = keys + [prefix + "missing"] + keys[:3]  # order and duplicates are kept
+    got = list(client.get_stream(iter(asked)))
+    assert got == [(k, k.encode() + b"\x00\r\n") for k in keys] + [(prefix + "missing", None)] + [
+        (k, k.encode() + b"\x00\r\n") for k in keys[:3]
+    ]
+    assert client.delete_stream(k for k in keys + [prefix + "missing"]) == n
+    assert client.get_many(keys[:10]) == {}
+
+
+def test_long_streams_of_tiny_keys_use_one_stream(client: memgate.Client) -> None:
+    # 20,000 small messages each way on one stream per call: the server
+    # keeps reading however many arrive, and the connection survives.
+    n = 20_000
+    p = f"t:{uuid.uuid4().hex[:8]}:"
+    keys = [f"{p}{i}" for i in range(n)]
+    assert client.set_stream((k, b"v") for k in keys) == n
+
+    # The caller reads one result, then nothing until gRPC has taken every
+    # key: sending must not wait for the reader.
+    all_sent = threading.Event()
+
+    def key_source() -> Iterator[str]:
+        yield from keys
+        all_sent.set()
+
+    results = client.get_stream(key_source(), timeout=60)
+    assert next(results) == (keys[0], b"v")
+    assert all_sent.wait(30), "gRPC stopped taking keys while results were not read"
+    assert list(results) == [(k, b"v") for k in keys[1:]]
+
+    assert client.delete_stream(iter(keys)) == n
+    assert client.get(keys[0]) is None
+
+
+def test_set_stream_takes_per_item_ttl(client: memgate.Client, prefix: str) -> None:
+    stored = client.set_stream(
+        [(prefix + "short", b"v", 1), (prefix + "long", "v", 0), (prefix + "default", b"v")]
+    )
+    assert stored == 3
+    wait_for(lambda: client.get(prefix + "short") is None, "the ttl=1 item to expire", timeout=5.0)
+    assert client.get_many([prefix + "long", prefix + "default"]) == {
+        prefix + "long": b"v",
+        prefix + "default": b"v",
+    }
+
+
+def test_set_stream_reports_invalid_items_and_stores_the_rest(
+    client: memgate.Client, prefix: str
+) -> None:
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.set_stream([(prefix + "a", b"1"), ("bad key", b"2"), (prefix + "b", b"3")])
+    err = excinfo.value
+    assert err.code == grpc.StatusCode.UNKNOWN  # per-item errors carry no status code
+    assert list(err.key_errors) == ["bad key"]
+    assert "1 of 3" in err.details
+    assert client.get_many([prefix + "a", prefix + "b"]) == {prefix + "a": b"1", prefix + "b": b"3"}
+
+
+def test_delete_stream_reports_invalid_keys_and_deletes_the_rest(
+    client: memgate.Client, prefix: str
+) -> None:
+    client.set(prefix + "a", b"1")
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.delete_stream([prefix + "a", "bad key"])
+    assert list(excinfo.value.key_errors) == ["bad key"]
+    assert client.get(prefix + "a") is None
+
+
+def test_get_stream_raises_at_an_invalid_key(client: memgate.Client, prefix: str) -> None:
+    client.set(prefix + "a", b"1")
+    results = client.get_stream([prefix + "a", "bad key", prefix + "a"])
+    assert next(results) == (prefix + "a", b"1")
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        next(results)
+    assert list(excinfo.value.key_errors) == ["bad key"]
+
+
+def test_get_stream_can_stop_early(client: memgate.Client, prefix: str) -> None:
+    def endless() -> Iterator[str]:
+        i = 0
+        while True:
+            yield f"{prefix}{i}"
+            i += 1
+
+    results = client.get_stream(endless())
+    assert next(results) == (prefix + "0", None)
+    results.close()  # cancels the call; must not hang on the endless input
+    assert client.get(prefix + "0") is None  # the client still works
+
+
+def test_exception_in_input_iterator_reaches_the_caller(
+    client: memgate.Client, prefix: str
+) -> None:
+    class Boom(Exception):
+        pass
+
+    def keys() -> Iterator[str]:
+        yield prefix + "a"
+        raise Boom("input failed")
+
+    with pytest.raises(Boom):
+        list(client.get_stream(keys()))
+    with pytest.raises(Boom):
+        client.delete_stream(keys())
+    with pytest.raises(TypeError):
+        client.set_stream([prefix + "not-a-tuple"])  # type: ignore[list-item]
+
+
+def test_empty_streams(client: memgate.Client) -> None:
+    assert list(client.get_stream([])) == []
+    assert client.set_stream([]) == 0
+    assert client.delete_stream([]) == 0
+
+
+# -- sharing -----------------------------------------------------------------
+
+
+def test_one_client_is_shared_by_threads(client: memgate.Client, prefix: str) -> None:
+    def work(t: int) -> None:
+        for i in range(50):
+            key = f"{prefix}{t}:{i}"
+            client.set(key, key)
+            assert client.get(key) == key.encode()
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(client.list(prefix)) == 400
+
+
+# -- health, timeouts, connection --------------------------------------------
+
+
+def test_health_is_serving(client: memgate.Client) -> None:
+    assert client.health() == "SERVING"
+    assert client.health("memgate.v1.Cache") == "SERVING"
+
+
+def test_health_of_unknown_service_is_not_found(client: memgate.Client) -> None:
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.health("no.such.Service")
+    assert excinfo.value.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_unary_calls_are_fast_on_loopback(client: memgate.Client, prefix: str) -> None:
+    # Without TCP_NODELAY on the server's sockets each call waited ~40 ms
+    # for a delayed ACK; on loopback a call takes well under a millisecond.
+    client.set(prefix + "k", b"v")
+    times = []
+    for _ in range(21):
+        start = time.perf_counter()
+        assert client.get(prefix + "k") == b"v"
+        times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    assert median < 0.015, f"median Get on loopback took {median * 1000:.1f} ms"
+
+
+def test_unary_timeout_is_deadline_exceeded() -> None:
+    # A listener that never speaks HTTP/2 holds the call until its deadline.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        target = "127.0.0.1:%d" % silent.getsockname()[1]
+        with memgate.Client(target, timeout=0.2) as client:
+            start = time.monotonic()
+            with pytest.raises(memgate.MemgateError) as excinfo:
+                client.get("k")
+            assert excinfo.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert time.monotonic() - start < 3.0
+            with pytest.raises(memgate.MemgateError) as excinfo:
+                client.get("k", timeout=0.1)  # per-call override
+            assert excinfo.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_stream_timeout_bounds_the_whole_stream(client: memgate.Client, prefix: str) -> None:
+    release = threading.Event()
+
+    def slow_keys() -> Iterator[str]:
+        yield prefix + "a"
+        release.wait(10)  # the stream stays open past its deadline
+
+    try:
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            list(client.get_stream(slow_keys(), timeout=0.3))
+        assert excinfo.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        release.set()
+
+
+def test_unreachable_server_is_unavailable() -> None:
+    with memgate.Client(f"127.0.0.1:{free_port()}", timeout=5.0) as client:
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            client.get("k")
+        assert excinfo.value.code == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            client.set_stream([("k", b"v")])
+        assert excinfo.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_context_manager_closes_the_client(target: str, prefix: str) -> None:
+    with memgate.Client(target) as client:
+        client.set(prefix + "k", b"v")
+    with pytest.raises(ValueError, match="closed"):
+        client.get(prefix + "k")
+    client.close()  # closing twice is harmless
+
+
+def test_channel_allows_64_mib_messages(target: str) -> None:
+    assert memgate.DEFAULT_MAX_MESSAGE_BYTES == 64 * 1024 * 1024
+    client = memgate.Client(target, max_message_bytes=1024)
+    try:
+        # A request over the client's own limit fails locally.
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            client.set("k", b"x" * 2048)
+        assert excinfo.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        client.close()
