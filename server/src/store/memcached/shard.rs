@@ -114,8 +114,10 @@ impl Shard {
     }
 
     /// Records the outcome of a call that reached (or tried to reach) the
-    /// server, marking the shard down or up on a transition.
-    fn record(&self, ok: bool) {
+    /// server, marking the shard down or up on a transition; `None` leaves
+    /// the count as it is.
+    fn record(&self, outcome: Option<bool>) {
+        let Some(ok) = outcome else { return };
         let mut e = self.ejection();
         if ok {
             e.consecutive_failures = 0;
@@ -171,18 +173,27 @@ impl Shard {
     /// Like [`Shard::request`], but also while the shard is down: the
     /// health probe uses it to find out when the shard is back.
     async fn send(&self, bytes: Bytes, decoder: Decoder) -> Result<Reply, Error> {
-        let outcome = match self.connection().await {
-            Ok(conn) => conn
-                .request(bytes, decoder, self.settings.timeout)
-                .await
-                .map_err(|e| self.conn_error(e)),
-            Err(e) => Err(e),
+        let conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.record(Some(false));
+                return Err(e);
+            }
         };
-        if let Err(e) = &outcome {
-            tracing::debug!(shard = %self.addr, error = %e, "memcached call failed");
+        match conn.request(bytes, decoder, self.settings.timeout).await {
+            Ok(reply) => {
+                self.record(Some(true));
+                Ok(reply)
+            }
+            Err(e) => {
+                tracing::debug!(shard = %self.addr, error = %e, "memcached call failed");
+                // Requests that only shared a connection with the one that
+                // failed are collateral: one failure must not count as many
+                // and eject a shard that hiccuped once.
+                self.record((!matches!(e, ConnError::Closed)).then_some(false));
+                Err(self.conn_error(e))
+            }
         }
-        self.record(outcome.is_ok());
-        outcome
     }
 
     /// Sends one command on a connection of its own, closed afterwards: for
@@ -293,21 +304,21 @@ mod tests {
     #[test]
     fn marked_down_after_consecutive_failures_only() {
         let s = shard(Duration::from_secs(60));
-        s.record(false);
-        s.record(false);
-        s.record(true); // a success resets the count
-        s.record(false);
-        s.record(false);
+        s.record(Some(false));
+        s.record(Some(false));
+        s.record(Some(true)); // a success resets the count
+        s.record(Some(false));
+        s.record(Some(false));
         assert!(!s.is_down());
         assert!(s.admit().is_ok());
-        s.record(false);
+        s.record(Some(false));
         assert!(s.is_down());
         let err = s.admit().unwrap_err();
         assert!(
             matches!(err, Error::ShardDown { failures: 3, .. }),
             "{err:?}"
         );
-        s.record(true);
+        s.record(Some(true));
         assert!(!s.is_down());
         assert!(s.admit().is_ok());
     }
@@ -316,7 +327,7 @@ mod tests {
     fn one_trial_call_per_retry_timeout() {
         let s = shard(Duration::from_millis(30));
         for _ in 0..3 {
-            s.record(false);
+            s.record(Some(false));
         }
         assert!(s.admit().is_err());
         std::thread::sleep(Duration::from_millis(40));
