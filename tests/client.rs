@@ -155,6 +155,9 @@ async fn errors_keep_their_grpc_code() {
     for m in &mut pool {
         m.kill();
     }
+    let lookups = c.get_many([unique("down")]).await.unwrap();
+    let failure = lookups[0].error.as_ref().expect("a per-key error");
+    assert_eq!(failure.code, tonic::Code::Unavailable, "{failure:?}");
     let started = std::time::Instant::now();
     let err = c.get(&unique("down")).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");

@@ -233,6 +233,7 @@ async fn check_batches(mg: &Memgate) {
     for (want, r) in ask.iter().zip(&got) {
         assert_eq!(&r.key, want);
         assert!(r.error.is_empty(), "{r:?}");
+        assert_eq!(r.error_code, 0, "{r:?}");
         if *want == missing {
             assert!(!r.found);
         } else {
@@ -373,6 +374,7 @@ async fn check_streams(mg: &Memgate) {
     assert_eq!(set.stored as usize, n);
     assert_eq!(set.errors.len(), 1);
     assert_eq!(set.errors[0].key, "bad key");
+    assert_eq!(set.errors[0].code, Code::InvalidArgument as i32);
 
     let mut asks: Vec<pb::GetRequest> = (0..n)
         .map(|i| pb::GetRequest {
@@ -398,6 +400,7 @@ async fn check_streams(mg: &Memgate) {
         assert_eq!(ask.key, r.key, "results keep request order");
         if r.key == "bad key" {
             assert!(!r.error.is_empty());
+            assert_eq!(r.error_code, Code::InvalidArgument as i32);
         } else {
             let i: usize = r.key.rsplit(':').next().unwrap().parse().unwrap();
             assert!(r.found && r.value == i.to_string().into_bytes(), "{r:?}");

@@ -92,6 +92,7 @@ async fn a_dead_shard_fails_only_its_own_keys() {
     for (k, r) in keys.iter().zip(&results) {
         if ring.shard_for(k) == dead {
             assert!(!r.found && r.error.contains(&pool[dead].addr), "{r:?}");
+            assert_eq!(r.error_code, Code::Unavailable as i32, "{r:?}");
         } else {
             assert!(
                 r.found && r.error.is_empty() && r.value == k.as_bytes(),
@@ -128,6 +129,13 @@ async fn a_dead_shard_fails_only_its_own_keys() {
     let dead_keys = keys.iter().filter(|k| ring.shard_for(k) == dead).count();
     assert_eq!(set.stored as usize, keys.len() - dead_keys);
     assert_eq!(set.errors.len(), dead_keys);
+    assert!(
+        set.errors
+            .iter()
+            .all(|e| e.code == Code::Unavailable as i32),
+        "{:?}",
+        set.errors
+    );
 
     // Health still serves: two of three shards answer.
     assert_eq!(

@@ -55,7 +55,7 @@ pub struct Lookup {
     /// Its value; `None` on a miss or an error.
     pub value: Option<Bytes>,
     /// Why the key could not be read (e.g. its shard is down).
-    pub error: Option<String>,
+    pub error: Option<KeyFailure>,
 }
 
 /// One key of a batch that failed.
@@ -63,6 +63,9 @@ pub struct Lookup {
 pub struct KeyFailure {
     /// The key.
     pub key: String,
+    /// The status code a single-key call would have returned (e.g.
+    /// `Unavailable` for a down shard, `InvalidArgument` for a bad key).
+    pub code: tonic::Code,
     /// Why, as the server put it.
     pub message: String,
 }
@@ -549,10 +552,15 @@ fn set_request(item: Item) -> pb::SetRequest {
 }
 
 fn lookup(r: pb::GetResult) -> Lookup {
+    let error = (!r.error.is_empty()).then(|| KeyFailure {
+        key: r.key.clone(),
+        code: tonic::Code::from_i32(r.error_code),
+        message: r.error,
+    });
     Lookup {
         key: r.key,
         value: r.found.then(|| r.value.into()),
-        error: (!r.error.is_empty()).then_some(r.error),
+        error,
     }
 }
 
@@ -563,6 +571,7 @@ fn outcome(count: u32, errors: Vec<pb::KeyError>) -> BatchOutcome {
             .into_iter()
             .map(|e| KeyFailure {
                 key: e.key,
+                code: tonic::Code::from_i32(e.code),
                 message: e.message,
             })
             .collect(),

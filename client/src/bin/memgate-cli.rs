@@ -192,7 +192,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             } else {
                 for r in &results {
                     match (&r.value, &r.error) {
-                        (_, Some(e)) => println!("{}\terror: {e}", r.key),
+                        (_, Some(e)) => println!("{}\terror: {}", r.key, e.message),
                         (Some(v), None) => println!("{}\t{}", r.key, String::from_utf8_lossy(v)),
                         (None, None) => println!("{}\t(miss)", r.key),
                     }
@@ -247,7 +247,7 @@ fn report_outcome(
         let errors: Vec<Value> = outcome
             .errors
             .iter()
-            .map(|e| json!({"key": e.key, "message": e.message}))
+            .map(|e| json!({"key": e.key, "code": e.code as i32, "message": e.message}))
             .collect();
         print_json(&json!({ what: outcome.count, "errors": errors }));
     } else {
@@ -270,7 +270,8 @@ fn lookup_json(r: &Lookup) -> Value {
         }
     }
     if let Some(e) = &r.error {
-        obj["error"] = json!(e);
+        obj["error"] = json!(e.message);
+        obj["error_code"] = json!(e.code as i32);
     }
     obj
 }

@@ -38,7 +38,7 @@ impl<S: Store> CacheService<S> {
                     key: key.to_string(),
                     found: true,
                     value: value.into(),
-                    error: String::new(),
+                    ..Default::default()
                 },
                 Ok(None) => pb::GetResult {
                     key: key.to_string(),
@@ -47,6 +47,7 @@ impl<S: Store> CacheService<S> {
                 Err(e) => pb::GetResult {
                     key: key.to_string(),
                     error: e.to_string(),
+                    error_code: e.code() as i32,
                     ..Default::default()
                 },
             })
@@ -93,10 +94,11 @@ impl<S: Store> CacheService<S> {
     }
 }
 
-/// A per-key error with the same text the unary status would carry.
+/// A per-key error with the code and text the unary status would carry.
 pub(super) fn key_error(key: String, e: &Error) -> pb::KeyError {
     pb::KeyError {
         key,
         message: e.to_string(),
+        code: e.code() as i32,
     }
 }

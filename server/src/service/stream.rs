@@ -50,6 +50,7 @@ impl<S: Store> CacheService<S> {
                             Err(e) => slots.push(Err(pb::GetResult {
                                 key: req.key,
                                 error: e.to_string(),
+                                error_code: e.code() as i32,
                                 ..Default::default()
                             })),
                         },

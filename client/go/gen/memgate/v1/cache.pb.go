@@ -482,7 +482,11 @@ type GetResult struct {
 	Value []byte `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	// Non-empty when this key could not be read (for example its shard is
 	// down); found is then false and the message says why.
-	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	// The gRPC status code a unary Get of this key would have returned
+	// (google.rpc.Code numbering, e.g. 14 UNAVAILABLE, 3 INVALID_ARGUMENT);
+	// 0 (OK) when `error` is empty.
+	ErrorCode     int32 `protobuf:"varint,5,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -543,6 +547,13 @@ func (x *GetResult) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *GetResult) GetErrorCode() int32 {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return 0
 }
 
 // BatchGetResponse carries one result per requested key, in request order.
@@ -643,7 +654,10 @@ type KeyError struct {
 	// The key that failed.
 	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// Why it failed, in words a user can act on.
-	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// The gRPC status code a unary call for this key would have returned
+	// (google.rpc.Code numbering, e.g. 14 UNAVAILABLE, 3 INVALID_ARGUMENT).
+	Code          int32 `protobuf:"varint,3,opt,name=code,proto3" json:"code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -690,6 +704,13 @@ func (x *KeyError) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *KeyError) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
 }
 
 // BatchSetResponse counts what was stored and lists what was not.
@@ -878,19 +899,22 @@ const file_memgate_v1_cache_proto_rawDesc = "" +
 	"\fListResponse\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\"%\n" +
 	"\x0fBatchGetRequest\x12\x12\n" +
-	"\x04keys\x18\x01 \x03(\tR\x04keys\"_\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\"~\n" +
 	"\tGetResult\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05found\x18\x02 \x01(\bR\x05found\x12\x14\n" +
 	"\x05value\x18\x03 \x01(\fR\x05value\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"C\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x05 \x01(\x05R\terrorCode\"C\n" +
 	"\x10BatchGetResponse\x12/\n" +
 	"\aresults\x18\x01 \x03(\v2\x15.memgate.v1.GetResultR\aresults\"?\n" +
 	"\x0fBatchSetRequest\x12,\n" +
-	"\x05items\x18\x01 \x03(\v2\x16.memgate.v1.SetRequestR\x05items\"6\n" +
+	"\x05items\x18\x01 \x03(\v2\x16.memgate.v1.SetRequestR\x05items\"J\n" +
 	"\bKeyError\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"X\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x12\n" +
+	"\x04code\x18\x03 \x01(\x05R\x04code\"X\n" +
 	"\x10BatchSetResponse\x12\x16\n" +
 	"\x06stored\x18\x01 \x01(\rR\x06stored\x12,\n" +
 	"\x06errors\x18\x02 \x03(\v2\x14.memgate.v1.KeyErrorR\x06errors\"(\n" +

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16memgate/v1/cache.proto\x12\nmemgate.v1\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"+\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"R\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x0e\n\x0c_ttl_seconds\"\r\n\x0bSetResponse\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\",\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\x1c\n\x0cListResponse\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\x1f\n\x0f\x42\x61tchGetRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"E\n\tGetResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\":\n\x10\x42\x61tchGetResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.memgate.v1.GetResult\"8\n\x0f\x42\x61tchSetRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.memgate.v1.SetRequest\"(\n\x08KeyError\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"H\n\x10\x42\x61tchSetResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12$\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x14.memgate.v1.KeyError\"\"\n\x12\x42\x61tchDeleteRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"L\n\x13\x42\x61tchDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\x12$\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x14.memgate.v1.KeyError2\xb3\x05\n\x05\x43\x61\x63he\x12\x36\n\x03Get\x12\x16.memgate.v1.GetRequest\x1a\x17.memgate.v1.GetResponse\x12\x36\n\x03Set\x12\x16.memgate.v1.SetRequest\x1a\x17.memgate.v1.SetResponse\x12?\n\x06\x44\x65lete\x12\x19.memgate.v1.DeleteRequest\x1a\x1a.memgate.v1.DeleteResponse\x12\x39\n\x04List\x12\x17.memgate.v1.ListRequest\x1a\x18.memgate.v1.ListResponse\x12\x45\n\x08\x42\x61tchGet\x12\x1b.memgate.v1.BatchGetRequest\x1a\x1c.memgate.v1.BatchGetResponse\x12\x45\n\x08\x42\x61tchSet\x12\x1b.memgate.v1.BatchSetRequest\x1a\x1c.memgate.v1.BatchSetResponse\x12N\n\x0b\x42\x61tchDelete\x12\x1e.memgate.v1.BatchDeleteRequest\x1a\x1f.memgate.v1.BatchDeleteResponse\x12\x43\n\x0e\x42\x61tchGetStream\x12\x16.memgate.v1.GetRequest\x1a\x15.memgate.v1.GetResult(\x01\x30\x01\x12H\n\x0e\x42\x61tchSetStream\x12\x16.memgate.v1.SetRequest\x1a\x1c.memgate.v1.BatchSetResponse(\x01\x12Q\n\x11\x42\x61tchDeleteStream\x12\x19.memgate.v1.DeleteRequest\x1a\x1f.memgate.v1.BatchDeleteResponse(\x01\x42?Z=github.com/memgate/memgate/client/go/gen/memgate/v1;memgatev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16memgate/v1/cache.proto\x12\nmemgate.v1\"\x19\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"+\n\x0bGetResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\"R\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x18\n\x0bttl_seconds\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\x0e\n\x0c_ttl_seconds\"\r\n\x0bSetResponse\"\x1c\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"!\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\",\n\x0bListRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\x1c\n\x0cListResponse\x12\x0c\n\x04keys\x18\x01 \x03(\t\"\x1f\n\x0f\x42\x61tchGetRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"Y\n\tGetResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\r\n\x05value\x18\x03 \x01(\x0c\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x12\n\nerror_code\x18\x05 \x01(\x05\":\n\x10\x42\x61tchGetResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.memgate.v1.GetResult\"8\n\x0f\x42\x61tchSetRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.memgate.v1.SetRequest\"6\n\x08KeyError\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\x05\"H\n\x10\x42\x61tchSetResponse\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12$\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x14.memgate.v1.KeyError\"\"\n\x12\x42\x61tchDeleteRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\"L\n\x13\x42\x61tchDeleteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\x12$\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x14.memgate.v1.KeyError2\xb3\x05\n\x05\x43\x61\x63he\x12\x36\n\x03Get\x12\x16.memgate.v1.GetRequest\x1a\x17.memgate.v1.GetResponse\x12\x36\n\x03Set\x12\x16.memgate.v1.SetRequest\x1a\x17.memgate.v1.SetResponse\x12?\n\x06\x44\x65lete\x12\x19.memgate.v1.DeleteRequest\x1a\x1a.memgate.v1.DeleteResponse\x12\x39\n\x04List\x12\x17.memgate.v1.ListRequest\x1a\x18.memgate.v1.ListResponse\x12\x45\n\x08\x42\x61tchGet\x12\x1b.memgate.v1.BatchGetRequest\x1a\x1c.memgate.v1.BatchGetResponse\x12\x45\n\x08\x42\x61tchSet\x12\x1b.memgate.v1.BatchSetRequest\x1a\x1c.memgate.v1.BatchSetResponse\x12N\n\x0b\x42\x61tchDelete\x12\x1e.memgate.v1.BatchDeleteRequest\x1a\x1f.memgate.v1.BatchDeleteResponse\x12\x43\n\x0e\x42\x61tchGetStream\x12\x16.memgate.v1.GetRequest\x1a\x15.memgate.v1.GetResult(\x01\x30\x01\x12H\n\x0e\x42\x61tchSetStream\x12\x16.memgate.v1.SetRequest\x1a\x1c.memgate.v1.BatchSetResponse(\x01\x12Q\n\x11\x42\x61tchDeleteStream\x12\x19.memgate.v1.DeleteRequest\x1a\x1f.memgate.v1.BatchDeleteResponse(\x01\x42?Z=github.com/memgate/memgate/client/go/gen/memgate/v1;memgatev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,19 +51,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHGETREQUEST']._serialized_start=350
   _globals['_BATCHGETREQUEST']._serialized_end=381
   _globals['_GETRESULT']._serialized_start=383
-  _globals['_GETRESULT']._serialized_end=452
-  _globals['_BATCHGETRESPONSE']._serialized_start=454
-  _globals['_BATCHGETRESPONSE']._serialized_end=512
-  _globals['_BATCHSETREQUEST']._serialized_start=514
-  _globals['_BATCHSETREQUEST']._serialized_end=570
-  _globals['_KEYERROR']._serialized_start=572
-  _globals['_KEYERROR']._serialized_end=612
-  _globals['_BATCHSETRESPONSE']._serialized_start=614
-  _globals['_BATCHSETRESPONSE']._serialized_end=686
-  _globals['_BATCHDELETEREQUEST']._serialized_start=688
-  _globals['_BATCHDELETEREQUEST']._serialized_end=722
-  _globals['_BATCHDELETERESPONSE']._serialized_start=724
-  _globals['_BATCHDELETERESPONSE']._serialized_end=800
-  _globals['_CACHE']._serialized_start=803
-  _globals['_CACHE']._serialized_end=1494
+  _globals['_GETRESULT']._serialized_end=472
+  _globals['_BATCHGETRESPONSE']._serialized_start=474
+  _globals['_BATCHGETRESPONSE']._serialized_end=532
+  _globals['_BATCHSETREQUEST']._serialized_start=534
+  _globals['_BATCHSETREQUEST']._serialized_end=590
+  _globals['_KEYERROR']._serialized_start=592
+  _globals['_KEYERROR']._serialized_end=646
+  _globals['_BATCHSETRESPONSE']._serialized_start=648
+  _globals['_BATCHSETRESPONSE']._serialized_end=720
+  _globals['_BATCHDELETEREQUEST']._serialized_start=722
+  _globals['_BATCHDELETEREQUEST']._serialized_end=756
+  _globals['_BATCHDELETERESPONSE']._serialized_start=758
+  _globals['_BATCHDELETERESPONSE']._serialized_end=834
+  _globals['_CACHE']._serialized_start=837
+  _globals['_CACHE']._serialized_end=1528
 # @@protoc_insertion_point(module_scope)

@@ -67,16 +67,18 @@ class BatchGetRequest(_message.Message):
     def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetResult(_message.Message):
-    __slots__ = ("key", "found", "value", "error")
+    __slots__ = ("key", "found", "value", "error", "error_code")
     KEY_FIELD_NUMBER: _ClassVar[int]
     FOUND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     key: str
     found: bool
     value: bytes
     error: str
-    def __init__(self, key: _Optional[str] = ..., found: bool = ..., value: _Optional[bytes] = ..., error: _Optional[str] = ...) -> None: ...
+    error_code: int
+    def __init__(self, key: _Optional[str] = ..., found: bool = ..., value: _Optional[bytes] = ..., error: _Optional[str] = ..., error_code: _Optional[int] = ...) -> None: ...
 
 class BatchGetResponse(_message.Message):
     __slots__ = ("results",)
@@ -91,12 +93,14 @@ class BatchSetRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[SetRequest, _Mapping]]] = ...) -> None: ...
 
 class KeyError(_message.Message):
-    __slots__ = ("key", "message")
+    __slots__ = ("key", "message", "code")
     KEY_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     key: str
     message: str
-    def __init__(self, key: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    code: int
+    def __init__(self, key: _Optional[str] = ..., message: _Optional[str] = ..., code: _Optional[int] = ...) -> None: ...
 
 class BatchSetResponse(_message.Message):
     __slots__ = ("stored", "errors")

@@ -114,6 +114,12 @@ export interface GetResult {
    * down); found is then false and the message says why.
    */
   error: string;
+  /**
+   * The gRPC status code a unary Get of this key would have returned
+   * (google.rpc.Code numbering, e.g. 14 UNAVAILABLE, 3 INVALID_ARGUMENT);
+   * 0 (OK) when `error` is empty.
+   */
+  errorCode: number;
 }
 
 /** BatchGetResponse carries one result per requested key, in request order. */
@@ -134,6 +140,11 @@ export interface KeyError {
   key: string;
   /** Why it failed, in words a user can act on. */
   message: string;
+  /**
+   * The gRPC status code a unary call for this key would have returned
+   * (google.rpc.Code numbering, e.g. 14 UNAVAILABLE, 3 INVALID_ARGUMENT).
+   */
+  code: number;
 }
 
 /** BatchSetResponse counts what was stored and lists what was not. */
@@ -690,7 +701,7 @@ export const BatchGetRequest: MessageFns<BatchGetRequest> = {
 };
 
 function createBaseGetResult(): GetResult {
-  return { key: "", found: false, value: Buffer.alloc(0), error: "" };
+  return { key: "", found: false, value: Buffer.alloc(0), error: "", errorCode: 0 };
 }
 
 export const GetResult: MessageFns<GetResult> = {
@@ -706,6 +717,9 @@ export const GetResult: MessageFns<GetResult> = {
     }
     if (message.error !== "") {
       writer.uint32(34).string(message.error);
+    }
+    if (message.errorCode !== 0) {
+      writer.uint32(40).int32(message.errorCode);
     }
     return writer;
   },
@@ -755,6 +769,14 @@ export const GetResult: MessageFns<GetResult> = {
             message.error = reader.string();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.errorCode = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -776,6 +798,7 @@ export const GetResult: MessageFns<GetResult> = {
     message.found = object.found ?? false;
     message.value = object.value ?? Buffer.alloc(0);
     message.error = object.error ?? "";
+    message.errorCode = object.errorCode ?? 0;
     return message;
   },
 };
@@ -891,7 +914,7 @@ export const BatchSetRequest: MessageFns<BatchSetRequest> = {
 };
 
 function createBaseKeyError(): KeyError {
-  return { key: "", message: "" };
+  return { key: "", message: "", code: 0 };
 }
 
 export const KeyError: MessageFns<KeyError> = {
@@ -901,6 +924,9 @@ export const KeyError: MessageFns<KeyError> = {
     }
     if (message.message !== "") {
       writer.uint32(18).string(message.message);
+    }
+    if (message.code !== 0) {
+      writer.uint32(24).int32(message.code);
     }
     return writer;
   },
@@ -934,6 +960,14 @@ export const KeyError: MessageFns<KeyError> = {
             message.message = reader.string();
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -953,6 +987,7 @@ export const KeyError: MessageFns<KeyError> = {
     const message = createBaseKeyError();
     message.key = object.key ?? "";
     message.message = object.message ?? "";
+    message.code = object.code ?? 0;
     return message;
   },
 };
