@@ -125,6 +125,21 @@ impl Interceptor for CallSettings {
 pub type RawClient = CacheClient<InterceptedService<Channel, CallSettings>>;
 
 /// Builds a [`Client`]: deadline, token, retries, TLS.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), memgate_client::Error> {
+/// use std::time::Duration;
+/// use memgate_client::{Client, RetryPolicy};
+///
+/// let client = Client::builder("https://cache.internal:50051")
+///     .timeout(Duration::from_millis(500))
+///     .bearer_token(std::env::var("MEMGATE_TOKEN").unwrap_or_default())
+///     .tls_ca_pem(std::fs::read("ca.pem").unwrap())
+///     .retry(RetryPolicy { max_attempts: 5, ..RetryPolicy::default() })
+///     .connect()
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
     target: String,
@@ -385,6 +400,18 @@ impl Client {
     }
 
     /// Reads many keys in one call: one [`Lookup`] per key, in order.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: memgate_client::Client) -> Result<(), memgate_client::Error> {
+    /// for lookup in client.get_many(["user:1", "user:2"]).await? {
+    ///     match (lookup.value, lookup.error) {
+    ///         (Some(v), _) => println!("{} = {} bytes", lookup.key, v.len()),
+    ///         (None, Some(failure)) => eprintln!("{}: {:?} {}", lookup.key, failure.code, failure.message),
+    ///         (None, None) => println!("{} missing", lookup.key),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn get_many<I, K>(&self, keys: I) -> Result<Vec<Lookup>, Error>
     where
         I: IntoIterator<Item = K>,
@@ -443,7 +470,20 @@ impl Client {
     }
 
     /// Streams keys in and lookups out, in order (BatchGetStream). Memory
-    /// stays bounded on both sides however many keys flow.
+    /// stays bounded on both sides however many keys flow; read results
+    /// while keys are still being sent.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: memgate_client::Client) -> Result<(), memgate_client::Error> {
+    /// use futures::StreamExt;
+    /// let keys = tokio_stream::iter((0..100_000).map(|i| format!("user:{i}")));
+    /// let mut results = client.get_stream(keys).await?;
+    /// while let Some(lookup) = results.next().await {
+    ///     let lookup = lookup?;
+    ///     if let Some(value) = lookup.value { /* ... */ }
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn get_stream<S>(
         &self,
         keys: S,
@@ -489,6 +529,17 @@ impl Client {
 
     /// Reads `key` and decodes it from JSON; `None` on a miss, and
     /// [`Error::Decode`] when the stored bytes are not a `T`.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: memgate_client::Client) -> Result<(), memgate_client::Error> {
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Session { user: u64, roles: Vec<String> }
+    ///
+    /// let s = Session { user: 42, roles: vec!["admin".into()] };
+    /// client.set_json("session:abc", &s, Some(std::time::Duration::from_secs(300))).await?;
+    /// let back: Option<Session> = client.get_json("session:abc").await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
         match self.get(key).await? {
             None => Ok(None),
