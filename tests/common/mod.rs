@@ -102,6 +102,35 @@ impl Memcached {
             .unwrap()
             .success();
         assert!(ok, "kill -{signal} failed");
+        if signal == "STOP" {
+            self.wait_until_stopped();
+        }
+    }
+
+    /// SIGSTOP takes effect asynchronously, thread by thread: wait until
+    /// every thread of the process is stopped, or a request sent right
+    /// after could still be answered.
+    fn wait_until_stopped(&self) {
+        let tasks = format!("/proc/{}/task", self.pid());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let all_stopped = std::fs::read_dir(&tasks)
+                .map(|dir| {
+                    dir.filter_map(Result::ok).all(|t| {
+                        let stat =
+                            std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                        // The state follows the ")" that closes the command name.
+                        stat.rsplit_once(") ")
+                            .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+                    })
+                })
+                .unwrap_or(false);
+            if all_stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "memcached never stopped");
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Kills the process (SIGKILL) and waits for it.
