@@ -37,9 +37,10 @@ import (
 	memgate "github.com/memgate/memgate/client/go"
 )
 
-// startMemgate starts memgate with args (after --listen and --memcached)
-// and returns its address once its health reports SERVING to a client
-// dialled with opts. The process is stopped when the test ends.
+// startMemgate starts memgate with args (after --listen, and after
+// --memcached $MEMGATE_MEMCACHED unless args has its own --memcached) and
+// returns its address once its health reports SERVING to a client dialled
+// with opts. The process is stopped when the test ends.
 func startMemgate(t *testing.T, args []string, opts ...memgate.Option) string {
 	t.Helper()
 	bin, mc := os.Getenv("MEMGATE_BIN"), os.Getenv("MEMGATE_MEMCACHED")
@@ -54,7 +55,11 @@ func startMemgate(t *testing.T, args []string, opts ...memgate.Option) string {
 	l.Close()
 
 	var stderr bytes.Buffer
-	cmd := exec.Command(bin, append([]string{"--listen", addr, "--memcached", mc}, args...)...)
+	flags := []string{"--listen", addr}
+	if !slices.Contains(args, "--memcached") {
+		flags = append(flags, "--memcached", mc)
+	}
+	cmd := exec.Command(bin, append(flags, args...)...)
 	cmd.Env = append(os.Environ(), "MEMGATE_LOG=warn")
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

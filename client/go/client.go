@@ -24,9 +24,11 @@
 // The batch and stream calls can partly succeed: the server stores (or
 // reads, or deletes) what it can and names the keys that failed. The client
 // then returns what succeeded together with a *BatchError listing the failed
-// keys and the server's reason for each. The server sends no status code per
-// key, only a message, so status.Code of a *BatchError is codes.Unknown; use
-// errors.As to get at the list.
+// keys, each a KeyError with the server's reason and the status code a
+// single-key call would have returned (KeyError.Code: codes.Unavailable for
+// a shard that is down, codes.InvalidArgument for an invalid item in a
+// stream). status.Code of a *BatchError itself is codes.Unknown, since the
+// call partly succeeded; use errors.As to get at the list.
 //
 // # Authentication and TLS
 //

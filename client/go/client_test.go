@@ -588,12 +588,18 @@ func TestStreamInvalidItems(t *testing.T) {
 	if stored != 2 || len(be.Errors) != 1 || be.Errors[0].Key != p+"bad 1" || be.Errors[0].Message == "" {
 		t.Fatalf("SetStream = %d, %+v; want 2 stored and one error for %q", stored, be.Errors, p+"bad 1")
 	}
+	if be.Errors[0].Code != codes.InvalidArgument || status.Code(be.Errors[0]) != codes.InvalidArgument {
+		t.Fatalf("SetStream: invalid key has code %v, want InvalidArgument", be.Errors[0].Code)
+	}
+	if status.Code(be) != codes.Unknown {
+		t.Fatalf("status.Code(*BatchError) = %v, want Unknown (the call partly succeeded)", status.Code(be))
+	}
 	if _, found, _ := c.Get(ctx, p+"ok2"); !found {
 		t.Fatal("valid item after an invalid one was not stored")
 	}
 	deleted, err := c.DeleteStream(ctx, slices.Values([]string{p + "ok1", p + "bad 2", p + "ok2"}))
-	if !errors.As(err, &be) || deleted != 2 || len(be.Errors) != 1 || be.Errors[0].Key != p+"bad 2" {
-		t.Fatalf("DeleteStream with an invalid key = %d, %v; want 2 and a *BatchError for %q", deleted, err, p+"bad 2")
+	if !errors.As(err, &be) || deleted != 2 || len(be.Errors) != 1 || be.Errors[0].Key != p+"bad 2" || be.Errors[0].Code != codes.InvalidArgument {
+		t.Fatalf("DeleteStream with an invalid key = %d, %v; want 2 and a *BatchError for %q (InvalidArgument)", deleted, err, p+"bad 2")
 	}
 	// GetStream: an invalid key is reported for that key, or fails the stream
 	// with INVALID_ARGUMENT; either way it is never reported as a miss.
@@ -608,7 +614,10 @@ func TestStreamInvalidItems(t *testing.T) {
 			if r.Err == nil {
 				t.Fatalf("invalid key in GetStream reported as %+v", r)
 			}
+			wantCode(t, r.Err, codes.InvalidArgument)
 			sawBad = true
+		} else if status.Code(r.Err) != codes.OK {
+			t.Fatalf("GetStream: %q has error %v", r.Key, r.Err)
 		}
 	}
 	if !sawBad {

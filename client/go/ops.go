@@ -136,7 +136,7 @@ func (c *Client) BatchGet(ctx context.Context, keys []string) (map[string][]byte
 	for _, r := range resp.GetResults() {
 		switch {
 		case r.GetError() != "":
-			failed = append(failed, KeyError{Key: r.GetKey(), Message: r.GetError()})
+			failed = append(failed, KeyError{Key: r.GetKey(), Code: keyCode(r.GetErrorCode()), Message: r.GetError()})
 		case r.GetFound():
 			out[r.GetKey()] = nonNil(r.GetValue())
 		}
@@ -189,16 +189,44 @@ func (c *Client) BatchDelete(ctx context.Context, keys []string) (int, error) {
 }
 
 // KeyError is why one key of a batch or stream failed.
+//
+// A KeyError is also a gRPC status error: status.Code(ke) is its Code, as it
+// is for GetResult.Err in GetStream.
 type KeyError struct {
-	Key     string
+	Key string
+	// Code is the gRPC status code a single-key call for Key would have
+	// returned: codes.Unavailable when its shard is down,
+	// codes.InvalidArgument for an invalid key or value in a stream, and so
+	// on. It is codes.Unknown if the server sent none (one older than the
+	// per-key codes); never codes.OK.
+	Code    codes.Code
 	Message string
 }
 
 func (e KeyError) Error() string { return fmt.Sprintf("%q: %s", e.Key, e.Message) }
 
+// GRPCStatus makes status.Code and status.FromError see e's Code and
+// Message.
+func (e KeyError) GRPCStatus() *status.Status { return status.New(e.Code, e.Message) }
+
+// keyCode is the Code of a failed key from the wire: 0 (OK, from a server
+// older than the per-key codes) becomes codes.Unknown.
+func keyCode(c int32) codes.Code {
+	if c == 0 {
+		return codes.Unknown
+	}
+	return codes.Code(uint32(c))
+}
+
 // BatchError reports the keys of a batch or stream call that failed while
 // the call itself succeeded. The results returned with it (values read,
 // counts stored or deleted) are valid for the other keys.
+//
+// Each KeyError carries its own Code. The BatchError itself has none:
+// status.Code(be) is codes.Unknown even when every key failed with the
+// same code, because the call partly succeeded and a code such as
+// codes.InvalidArgument would claim that nothing was written. Look at
+// Errors[i].Code instead.
 //
 // For SetStream and DeleteStream the server returns at most a
 // server-defined number of errors, so Errors may not name every failed key.
@@ -234,7 +262,7 @@ func batchErrorOf(op string, errs []KeyError) error {
 
 func appendKeyErrors(dst []KeyError, errs []*memgatev1.KeyError) []KeyError {
 	for _, e := range errs {
-		dst = append(dst, KeyError{Key: e.GetKey(), Message: e.GetMessage()})
+		dst = append(dst, KeyError{Key: e.GetKey(), Code: keyCode(e.GetCode()), Message: e.GetMessage()})
 	}
 	return dst
 }

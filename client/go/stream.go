@@ -18,7 +18,9 @@ type GetResult struct {
 	Found bool
 	// Err is non-nil (a KeyError) when this key could not be read, for
 	// example because it is not a valid key or its shard is down; Found is
-	// then false. The stream goes on.
+	// then false. The stream goes on. status.Code(Err) is the code a Get
+	// of the key would have returned (codes.InvalidArgument,
+	// codes.Unavailable, ...), and codes.OK when Err is nil.
 	Err error
 }
 
@@ -80,7 +82,7 @@ func (c *Client) GetStream(ctx context.Context, keys iter.Seq[string]) iter.Seq2
 			switch {
 			case r.GetError() != "":
 				res.Found = false
-				res.Err = KeyError{Key: r.GetKey(), Message: r.GetError()}
+				res.Err = KeyError{Key: r.GetKey(), Code: keyCode(r.GetErrorCode()), Message: r.GetError()}
 			case r.GetFound():
 				res.Value = nonNil(r.GetValue())
 			}

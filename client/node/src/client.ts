@@ -18,7 +18,7 @@ import {
   type KeyError as PbKeyError,
   type SetRequest,
 } from "./gen/memgate/v1/cache";
-import { invalidArgument, type KeyError, MemgateError, Status } from "./errors";
+import { invalidArgument, type KeyError, keyErrorCode, MemgateError, Status } from "./errors";
 
 /**
  * The client's default limit for gRPC messages in both directions: 64 MiB.
@@ -103,6 +103,13 @@ export interface GetStreamResult {
   value?: Buffer;
   /** Why this key could not be read (e.g. an invalid key, a shard down). */
   error?: string;
+  /**
+   * With `error`: the gRPC status code a single `get` of this key would
+   * have failed with, e.g. `Status.INVALID_ARGUMENT` (3) for an invalid key,
+   * `Status.UNAVAILABLE` (14) when its shard is down; `UNKNOWN` (2) from a
+   * server that sends no per-key codes. Absent when `error` is.
+   */
+  errorCode?: number;
 }
 
 /** Outcome of {@link MemgateClient.setStream}. */
@@ -184,7 +191,8 @@ export class MemgateClient {
    * Resolves to a Map of the keys that were found; misses are absent.
    *
    * If some keys could not be read (their shard is down), it throws a
-   * MemgateError with code UNKNOWN whose `keyErrors` lists them.
+   * MemgateError with code UNKNOWN whose `keyErrors` lists them, each with
+   * its own status code (UNAVAILABLE for a shard that is down).
    */
   async getMany(keys: Iterable<string>, options?: CallOptions): Promise<Map<string, Buffer>> {
     const list = collectKeys(keys);
@@ -193,7 +201,7 @@ export class MemgateClient {
     const res = await this.unary(this.cache, this.cache.batchGet, { keys: list }, options);
     const errors: KeyError[] = [];
     for (const r of res.results) {
-      if (r.error !== "") errors.push({ key: r.key, message: r.error });
+      if (r.error !== "") errors.push({ key: r.key, code: keyErrorCode(r.errorCode), message: r.error });
       else if (r.found) found.set(r.key, r.value);
     }
     if (errors.length > 0) throw keyErrorsError("read", errors, list.length);
@@ -251,7 +259,8 @@ export class MemgateClient {
    * consume them, which slows the server (and so the sending) down.
    *
    * A key that could not be read (invalid, shard down) yields a result with
-   * `error` set; the stream goes on. A failure of the whole call throws a
+   * `error` and `errorCode` set (INVALID_ARGUMENT, UNAVAILABLE, ...); the
+   * stream goes on. A failure of the whole call throws a
    * MemgateError from the iteration. The call starts on the first `next()`;
    * leaving the loop early cancels it. An error thrown by `keys` itself is
    * rethrown unchanged (and cancels the call).
@@ -274,7 +283,7 @@ export class MemgateClient {
     });
     try {
       for await (const r of call as AsyncIterable<GetResult>) {
-        if (r.error !== "") yield { key: r.key, error: r.error };
+        if (r.error !== "") yield { key: r.key, error: r.error, errorCode: keyErrorCode(r.errorCode) };
         else if (r.found) yield { key: r.key, value: r.value };
         else yield { key: r.key };
       }
@@ -291,7 +300,8 @@ export class MemgateClient {
    * Stores a stream of items over one BatchSetStream call, writing them as
    * the server takes them (backpressure), and resolves once the server has
    * processed them all. Items that fail (invalid, too large, shard down)
-   * are returned in `errors`, they do not throw; a failure of the whole
+   * are returned in `errors` (each with its key, status `code` and
+   * `message`), they do not throw; a failure of the whole
    * call rejects with a MemgateError.
    */
   async setStream(items: Source<SetItem>, options: SetOptions = {}): Promise<SetStreamResult> {
@@ -554,7 +564,7 @@ function describe(x: unknown): string {
 }
 
 function keyError(e: PbKeyError): KeyError {
-  return { key: e.key, message: e.message };
+  return { key: e.key, code: keyErrorCode(e.code), message: e.message };
 }
 
 /** The error thrown by a batch call some of whose keys failed. */

@@ -4,8 +4,25 @@ import { type Metadata, type ServiceError, status as Status } from "@grpc/grpc-j
 export interface KeyError {
   /** The key that failed. */
   key: string;
+  /**
+   * The gRPC status code a single-key call for this key would have failed
+   * with (compare with {@link Status}): e.g. `UNAVAILABLE` (14) for a key
+   * whose shard is down, `INVALID_ARGUMENT` (3) for an invalid key in a
+   * stream. `UNKNOWN` (2) if the server sent none (one older than the
+   * per-key codes).
+   */
+  code: number;
   /** Why it failed, as the server worded it. */
   message: string;
+}
+
+/**
+ * The status code of a failed key from its wire value: a failed key always
+ * has a non-OK code, so 0 (a server older than the per-key codes) becomes
+ * UNKNOWN.
+ */
+export function keyErrorCode(code: number): number {
+  return code === Status.OK ? Status.UNKNOWN : code;
 }
 
 /**
@@ -18,8 +35,10 @@ export interface KeyError {
  *   not a string, a TTL that is not a uint32, ...) is `INVALID_ARGUMENT`.
  * - A batch call (`getMany`, `setMany`, `deleteMany`) whose RPC succeeded
  *   but where some keys failed (for example their shard is down) throws a
- *   MemgateError with code `UNKNOWN` (2) and the failures in `keyErrors`;
- *   the other keys were processed normally.
+ *   MemgateError with code `UNKNOWN` (2) and the failures in `keyErrors`,
+ *   each with its own status `code`; the other keys were processed
+ *   normally. The error's own code stays `UNKNOWN` even when every failed
+ *   key has the same code, because the call as a whole partly succeeded.
  */
 export class MemgateError extends Error {
   /** The gRPC status code (see {@link Status}). */
@@ -28,7 +47,7 @@ export class MemgateError extends Error {
   readonly details: string;
   /** Trailing metadata of the failed call, when the server sent any. */
   readonly metadata?: Metadata;
-  /** Per-key failures of a batch call; empty for whole-call failures. */
+  /** Per-key failures of a batch call, each with its code; empty for whole-call failures. */
   readonly keyErrors: readonly KeyError[];
 
   constructor(

@@ -107,12 +107,14 @@ function memcachedAddrs() {
 
 /**
  * Starts an extra memgate with its own flags, for what the shared server
- * cannot show (a bearer token, TLS): the binary with-stack.sh runs
- * ($MEMGATE_BIN), in front of with-stack.sh's memcached, on a free port.
+ * cannot show (a bearer token, TLS, a shard that is down): the binary
+ * with-stack.sh runs ($MEMGATE_BIN), in front of with-stack.sh's memcached
+ * (unless `args` has its own `--memcached`), on a free port.
  * Resolves once its health reports SERVING to a client built with
  * `clientOptions` (TLS credentials for a TLS server), polling; rejects if
  * the process exits or does not get there within 10 s.
- * @param {string[]} args flags after --listen and --memcached
+ * @param {string[]} args flags after --listen (and --memcached, if they
+ *   have none)
  * @param {import("..").MemgateClientOptions} [clientOptions]
  * @param {string} [host] the host of the returned target: "localhost" for
  *   TLS (Node warns, DEP0123, when TLS is given an IP address as server name)
@@ -124,7 +126,8 @@ async function startMemgate(args, clientOptions = {}, host = "127.0.0.1") {
   if (!bin) throw new Error("MEMGATE_BIN is not set: run the tests under scripts/with-stack.sh");
   const port = await freePort();
   const listen = `127.0.0.1:${port}`;
-  const proc = spawn(bin, ["--listen", listen, "--memcached", memcachedAddrs(), ...args], {
+  const pool = args.includes("--memcached") ? [] : ["--memcached", memcachedAddrs()];
+  const proc = spawn(bin, ["--listen", listen, ...pool, ...args], {
     env: { ...process.env, MEMGATE_LOG: "warn" },
     stdio: ["ignore", "ignore", "pipe"],
   });
@@ -157,6 +160,7 @@ module.exports = {
   client,
   eventually,
   freePort,
+  memcachedAddrs,
   rejectsWithCode,
   sleep,
   slowly,

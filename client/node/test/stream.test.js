@@ -52,6 +52,8 @@ describe("getStream", () => {
     assert.deepEqual(results[2].value, Buffer.from([0, 13, 10, 0]));
     assert.equal(results[3].value, undefined);
     assert.match(String(results[3].error), /invalid key "bad key".*space/);
+    assert.equal(results[3].errorCode, Status.INVALID_ARGUMENT);
+    assert.equal(results[2].errorCode, undefined, "no code without an error");
     assert.equal(results[4].value?.toString(), "A");
     assert.deepEqual(results[5].value, Buffer.alloc(0), "an empty value is found");
   });
@@ -187,6 +189,7 @@ describe("setStream", () => {
     ]);
     assert.equal(res.stored, 3);
     assert.deepEqual(res.errors.map((e) => e.key), ["bad key", `${p}big`]);
+    assert.deepEqual(res.errors.map((e) => e.code), [Status.INVALID_ARGUMENT, Status.INVALID_ARGUMENT]);
     assert.match(res.errors[0].message, /invalid key/);
     assert.match(res.errors[1].message, /at most \d+ bytes can be stored/);
     const got = await c.getMany([`${p}a`, `${p}b`, `${p}c`, `${p}big`]);
@@ -250,6 +253,7 @@ describe("deleteStream", () => {
     assert.equal(res.deleted, 2);
     assert.equal(res.errors.length, 1);
     assert.equal(res.errors[0].key, "");
+    assert.equal(res.errors[0].code, Status.INVALID_ARGUMENT);
     assert.match(res.errors[0].message, /must not be empty/);
     assert.equal((await c.getMany([`${p}a`, `${p}b`])).size, 0);
   });

@@ -164,6 +164,7 @@ def test_stream_per_key_errors(target: str, prefix: str) -> None:
         with pytest.raises(memgate.MemgateError) as excinfo:
             await results.__anext__()
         assert list(excinfo.value.key_errors) == ["bad key"]
+        assert excinfo.value.key_error_codes == {"bad key": grpc.StatusCode.INVALID_ARGUMENT}
 
         with pytest.raises(memgate.MemgateError) as excinfo:
             await c.delete_stream(["bad key"])

@@ -114,6 +114,20 @@ def test_health_needs_no_token(auth_server: str, token: str) -> None:
         assert c.health() == "SERVING"
 
 
+def assert_rejected_stream(err: memgate.MemgateError) -> None:
+    """A bidirectional stream refused for its credentials.
+
+    The server answers UNAUTHENTICATED before reading the request stream.
+    grpc-aio sometimes loses that race to the stream reset that follows
+    the early answer and reports INTERNAL "Internal error from Core"
+    (seen in about 1 of 5 runs); either way the call must fail.
+    """
+    if err.code == grpc.StatusCode.INTERNAL:
+        assert "Internal error from Core" in err.details, err
+    else:
+        assert err.code == UNAUTHENTICATED, err
+
+
 def test_aio_token(auth_server: str, token: str) -> None:
     p = prefix()
 
@@ -125,7 +139,7 @@ def test_aio_token(auth_server: str, token: str) -> None:
             assert excinfo.value.code == UNAUTHENTICATED
             with pytest.raises(memgate.MemgateError) as excinfo:
                 [pair async for pair in c.get_stream([p + "k"])]
-            assert excinfo.value.code == UNAUTHENTICATED
+            assert_rejected_stream(excinfo.value)
         async with memgate.aio.Client(auth_server, token=token[::-1]) as c:
             with pytest.raises(memgate.MemgateError) as excinfo:
                 await c.set_stream([(p + "k", b"v")])

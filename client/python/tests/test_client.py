@@ -13,6 +13,8 @@ import pytest
 from conftest import free_port, wait_for
 
 import memgate
+from memgate import _common as common
+from memgate.v1 import cache_pb2 as pb
 
 # Values that break naive text protocols: memcached's own terminators, a fake
 # END line, NUL, every byte value, and nothing at all.
@@ -117,6 +119,28 @@ def test_error_text_names_code_and_rule(client: memgate.Client) -> None:
     assert str(excinfo.value).startswith("INVALID_ARGUMENT: ")
     assert "space" in excinfo.value.details
     assert excinfo.value.key_errors == {}
+    assert excinfo.value.key_error_codes == {}
+
+
+def test_key_error_codes_line_up_with_key_errors() -> None:
+    # A key without a code (or with 0, from a server older than the code
+    # fields) is UNKNOWN, so key_error_codes always has key_errors' keys.
+    err = memgate.MemgateError(
+        grpc.StatusCode.UNKNOWN, "x", {"a": "m", "b": "m"}, {"a": grpc.StatusCode.UNAVAILABLE}
+    )
+    assert err.key_error_codes == {"a": grpc.StatusCode.UNAVAILABLE, "b": grpc.StatusCode.UNKNOWN}
+    results = [
+        pb.GetResult(key="old", error="shard down"),  # error_code 0
+        pb.GetResult(key="new", error="shard down", error_code=14),
+        pb.GetResult(key="odd", error="?", error_code=99),
+    ]
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        common.values_of(results)
+    assert excinfo.value.key_error_codes == {
+        "old": grpc.StatusCode.UNKNOWN,
+        "new": grpc.StatusCode.UNAVAILABLE,
+        "odd": grpc.StatusCode.UNKNOWN,
+    }
 
 
 # -- TTL -------------------------------------------------------------------
@@ -353,8 +377,9 @@ def test_set_stream_reports_invalid_items_and_stores_the_rest(
     with pytest.raises(memgate.MemgateError) as excinfo:
         client.set_stream([(prefix + "a", b"1"), ("bad key", b"2"), (prefix + "b", b"3")])
     err = excinfo.value
-    assert err.code == grpc.StatusCode.UNKNOWN  # per-item errors carry no status code
+    assert err.code == grpc.StatusCode.UNKNOWN  # the call succeeded: the other items were stored
     assert list(err.key_errors) == ["bad key"]
+    assert err.key_error_codes == {"bad key": grpc.StatusCode.INVALID_ARGUMENT}
     assert "1 of 3" in err.details
     assert client.get_many([prefix + "a", prefix + "b"]) == {prefix + "a": b"1", prefix + "b": b"3"}
 
@@ -366,6 +391,7 @@ def test_delete_stream_reports_invalid_keys_and_deletes_the_rest(
     with pytest.raises(memgate.MemgateError) as excinfo:
         client.delete_stream([prefix + "a", "bad key"])
     assert list(excinfo.value.key_errors) == ["bad key"]
+    assert excinfo.value.key_error_codes == {"bad key": grpc.StatusCode.INVALID_ARGUMENT}
     assert client.get(prefix + "a") is None
 
 
@@ -376,6 +402,8 @@ def test_get_stream_raises_at_an_invalid_key(client: memgate.Client, prefix: str
     with pytest.raises(memgate.MemgateError) as excinfo:
         next(results)
     assert list(excinfo.value.key_errors) == ["bad key"]
+    assert excinfo.value.key_error_codes == {"bad key": grpc.StatusCode.INVALID_ARGUMENT}
+    assert excinfo.value.code == grpc.StatusCode.UNKNOWN
 
 
 def test_get_stream_can_stop_early(client: memgate.Client, prefix: str) -> None:

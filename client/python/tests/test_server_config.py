@@ -64,20 +64,25 @@ def test_batches_raise_with_per_key_errors(half_down: str) -> None:
         with pytest.raises(memgate.MemgateError) as excinfo:
             c.get_many(keys)
         err = excinfo.value
+        # Every failed key has the same code, yet the call's code stays
+        # UNKNOWN: the live keys were read.
         assert err.code == grpc.StatusCode.UNKNOWN
         assert sorted(err.key_errors) == sorted(dead)
         assert all("unavailable" in m for m in err.key_errors.values()), err.key_errors
+        assert err.key_error_codes == {k: grpc.StatusCode.UNAVAILABLE for k in dead}
         assert f"{len(dead)} key(s) could not be read" in err.details
 
         with pytest.raises(memgate.MemgateError) as excinfo:
             c.set_many({k: b"new" for k in keys})
         assert sorted(excinfo.value.key_errors) == sorted(dead)
+        assert excinfo.value.key_error_codes == {k: grpc.StatusCode.UNAVAILABLE for k in dead}
         assert f"{len(dead)} of {len(keys)} item(s) were not stored" in excinfo.value.details
         assert all(c.get(k) == b"new" for k in live)  # the other items were stored
 
         with pytest.raises(memgate.MemgateError) as excinfo:
             c.delete_many(keys)
         assert sorted(excinfo.value.key_errors) == sorted(dead)
+        assert excinfo.value.key_error_codes == {k: grpc.StatusCode.UNAVAILABLE for k in dead}
         assert all(c.get(k) is None for k in live)  # the other keys were deleted
 
 
@@ -89,16 +94,35 @@ def test_streams_raise_with_per_key_errors(half_down: str) -> None:
         assert next(results) == (live[0], live[0].encode())
         with pytest.raises(memgate.MemgateError) as excinfo:
             next(results)
-        assert list(excinfo.value.key_errors) == [dead[0]]
+        assert excinfo.value.code == grpc.StatusCode.UNKNOWN
+        assert excinfo.value.key_error_codes == {dead[0]: grpc.StatusCode.UNAVAILABLE}
 
+        # An invalid key in a stream: the stream goes on, the key reports
+        # INVALID_ARGUMENT.
+        results = c.get_stream([live[0], "bad key", live[1]])
+        assert next(results) == (live[0], live[0].encode())
         with pytest.raises(memgate.MemgateError) as excinfo:
-            c.set_stream((k, b"s") for k in live + dead)
-        assert sorted(excinfo.value.key_errors) == sorted(dead)
+            next(results)
+        assert excinfo.value.key_error_codes == {"bad key": grpc.StatusCode.INVALID_ARGUMENT}
+
+        # Both kinds in one stream: each key keeps its own code.
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            c.set_stream([(k, b"s") for k in live + dead] + [("bad key", b"s")])
+        err = excinfo.value
+        assert err.code == grpc.StatusCode.UNKNOWN
+        assert sorted(err.key_errors) == sorted(dead + ["bad key"])
+        assert err.key_error_codes == {
+            **{k: grpc.StatusCode.UNAVAILABLE for k in dead},
+            "bad key": grpc.StatusCode.INVALID_ARGUMENT,
+        }
         assert c.get(live[0]) == b"s"
 
         with pytest.raises(memgate.MemgateError) as excinfo:
-            c.delete_stream(live + dead)
-        assert sorted(excinfo.value.key_errors) == sorted(dead)
+            c.delete_stream(live + dead + ["bad key"])
+        assert excinfo.value.key_error_codes == {
+            **{k: grpc.StatusCode.UNAVAILABLE for k in dead},
+            "bad key": grpc.StatusCode.INVALID_ARGUMENT,
+        }
 
 
 def test_aio_batches_raise_with_per_key_errors(half_down: str) -> None:
@@ -110,9 +134,16 @@ def test_aio_batches_raise_with_per_key_errors(half_down: str) -> None:
             with pytest.raises(memgate.MemgateError) as excinfo:
                 await c.get_many(live + dead)
             assert sorted(excinfo.value.key_errors) == sorted(dead)
+            assert excinfo.value.key_error_codes == {k: grpc.StatusCode.UNAVAILABLE for k in dead}
             with pytest.raises(memgate.MemgateError) as excinfo:
                 await c.set_many({k: b"v" for k in live + dead})
             assert sorted(excinfo.value.key_errors) == sorted(dead)
+            assert excinfo.value.key_error_codes == {k: grpc.StatusCode.UNAVAILABLE for k in dead}
+            results = c.get_stream([dead[0], "bad key"])
+            with pytest.raises(memgate.MemgateError) as excinfo:
+                await results.__anext__()
+            assert excinfo.value.key_error_codes == {dead[0]: grpc.StatusCode.UNAVAILABLE}
+            await results.aclose()
             with pytest.raises(memgate.MemgateError) as excinfo:
                 await c.get(dead[0])
             assert excinfo.value.code == grpc.StatusCode.UNAVAILABLE

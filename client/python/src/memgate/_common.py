@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
-from memgate._errors import MemgateError
+from memgate._errors import MemgateError, status_code
 from memgate.v1 import cache_pb2 as pb
 
 Value = Union[str, bytes]
@@ -176,20 +176,26 @@ def values_of(results: Iterable[pb.GetResult]) -> Dict[str, bytes]:
     failed key is not a miss and must not look like one."""
     values: Dict[str, bytes] = {}
     errors: Dict[str, str] = {}
+    codes: Dict[str, grpc.StatusCode] = {}
     for result in results:
         if result.error:
             errors[result.key] = result.error
+            codes[result.key] = status_code(result.error_code)
         elif result.found:
             values[result.key] = result.value
     if errors:
-        raise MemgateError.for_keys(f"{len(errors)} key(s) could not be read", errors)
+        raise MemgateError.for_keys(f"{len(errors)} key(s) could not be read", errors, codes)
     return values
 
 
 def pair_of(result: pb.GetResult) -> Tuple[str, Optional[bytes]]:
     """``(key, value or None)`` for one streamed result; raises for a failed key."""
     if result.error:
-        raise MemgateError.for_keys("a key could not be read", {result.key: result.error})
+        raise MemgateError.for_keys(
+            "a key could not be read",
+            {result.key: result.error},
+            {result.key: status_code(result.error_code)},
+        )
     return result.key, (result.value if result.found else None)
 
 
@@ -200,7 +206,7 @@ def stored_count(response: pb.BatchSetResponse, sent: int) -> int:
     is capped by the server, and an item missing from both would otherwise
     be lost without a word."""
     if response.errors or response.stored != sent:
-        errors = {e.key: e.message for e in response.errors}
+        errors, codes = _key_errors(response.errors)
         summary = f"{sent - response.stored} of {sent} item(s) were not stored"
         if not errors:
             raise MemgateError(
@@ -209,7 +215,7 @@ def stored_count(response: pb.BatchSetResponse, sent: int) -> int:
             )
         if len(errors) < sent - response.stored:
             summary += f" (the server listed {len(errors)})"
-        raise MemgateError.for_keys(summary, errors)
+        raise MemgateError.for_keys(summary, errors, codes)
     return response.stored
 
 
@@ -217,8 +223,20 @@ def deleted_count(response: pb.BatchDeleteResponse) -> int:
     """The number of keys that existed and were deleted; raises if deleting
     any key failed (a missing key is not a failure)."""
     if response.errors:
-        errors = {e.key: e.message for e in response.errors}
+        errors, codes = _key_errors(response.errors)
         raise MemgateError.for_keys(
-            f"{len(errors)} key(s) could not be deleted ({response.deleted} were)", errors
+            f"{len(errors)} key(s) could not be deleted ({response.deleted} were)", errors, codes
         )
     return response.deleted
+
+
+def _key_errors(
+    errors: Iterable[pb.KeyError],
+) -> Tuple[Dict[str, str], Dict[str, grpc.StatusCode]]:
+    """The message and the status code of each failed key of a batch."""
+    messages: Dict[str, str] = {}
+    codes: Dict[str, grpc.StatusCode] = {}
+    for e in errors:
+        messages[e.key] = e.message
+        codes[e.key] = status_code(e.code)
+    return messages, codes

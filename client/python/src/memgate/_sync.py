@@ -214,9 +214,9 @@ class Client:
 
         One request (at most the server's ``--max-batch-keys``, 1000 by
         default; use :meth:`get_stream` for more). If any key could not be
-        read (its shard is down), raises MemgateError with ``key_errors``
-        rather than returning a partial dict: a failed read must not look
-        like a miss. An invalid key fails the whole call (INVALID_ARGUMENT).
+        read (its shard is down), raises MemgateError with ``key_errors`` and
+        ``key_error_codes`` rather than returning a partial dict: a failed
+        read must not look like a miss. An invalid key fails the whole call (INVALID_ARGUMENT).
         """
         response = self._unary(self._cache.BatchGet, pb.BatchGetRequest(keys=list(keys)), timeout)
         return common.values_of(response.results)
@@ -227,8 +227,9 @@ class Client:
         """Stores every item of ``items`` with the same ``ttl``; returns how many were stored.
 
         If any item was not stored, raises MemgateError whose ``key_errors``
-        holds the server's message per key (the other items are stored). An
-        invalid key or value fails the whole call before anything is written.
+        holds the server's message per key and ``key_error_codes`` its
+        status code (the other items are stored). An invalid key or value
+        fails the whole call before anything is written.
         """
         requests = [common.set_request(k, v, ttl) for k, v in items.items()]
         response = self._unary(self._cache.BatchSet, pb.BatchSetRequest(items=requests), timeout)
@@ -270,7 +271,8 @@ class Client:
 
         For more items than one batch allows. If any item was not stored
         (an invalid one included: the stream goes on past it), raises
-        MemgateError with ``key_errors`` after the stream ends.
+        MemgateError with ``key_errors`` and ``key_error_codes`` after the
+        stream ends.
         """
         requests = _Requests(items, common.set_item_request)
         response = self._client_stream(self._cache.BatchSetStream, requests, timeout)

@@ -264,8 +264,8 @@ class Client:
     async def set_stream(self, items: AnyIterable[SetItem], *, timeout: Timeout = DEFAULT) -> int:
         """Stores a stream of ``(key, value[, ttl])`` items; returns how many were stored.
 
-        Raises MemgateError with ``key_errors`` after the stream if any item
-        was not stored (invalid ones included).
+        Raises MemgateError with ``key_errors`` and ``key_error_codes`` after
+        the stream if any item was not stored (invalid ones included).
         """
         requests = _Requests(items, common.set_item_request)
         response = await self._client_stream(self._cache.BatchSetStream, requests, timeout)
