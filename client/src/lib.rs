@@ -319,6 +319,26 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// Runs one unary call through the retry policy (`idempotent`: may it
+    /// be retried on UNAVAILABLE), sending a clone of `req` per attempt.
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        idempotent: bool,
+        req: Req,
+        call: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(RawClient, Req) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let resp = self
+            .retry
+            .run(idempotent, || call(self.raw(), req.clone()))
+            .await?;
+        Ok(resp.into_inner())
+    }
+
     /// The stub for streams: they carry no default deadline, since a long
     /// stream is not a slow call.
     fn stream_stub(&self) -> RawClient {
@@ -334,14 +354,12 @@ impl Client {
     /// Reads `key`; `None` on a miss. Retried on `UNAVAILABLE`.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
         let resp = self
-            .retry
-            .run(true, || {
-                let mut stub = self.raw();
-                let req = pb::GetRequest { key: key.into() };
-                async move { stub.get(req).await }
-            })
-            .await?
-            .into_inner();
+            .unary(
+                true,
+                pb::GetRequest { key: key.into() },
+                |mut stub, req| async move { stub.get(req).await },
+            )
+            .await?;
         Ok(resp.found.then(|| resp.value.into()))
     }
 
@@ -355,48 +373,45 @@ impl Client {
         ttl: Option<Duration>,
     ) -> Result<(), Error> {
         let value: Bytes = value.into();
-        self.retry
-            .run(self.retry.retry_writes, || {
-                let mut stub = self.raw();
-                let req = pb::SetRequest {
-                    key: key.into(),
-                    value: value.to_vec(),
-                    ttl_seconds: ttl_seconds(ttl),
-                };
-                async move { stub.set(req).await }
-            })
-            .await?;
+        self.unary(
+            self.retry.retry_writes,
+            pb::SetRequest {
+                key: key.into(),
+                value: value.to_vec(),
+                ttl_seconds: ttl_seconds(ttl),
+            },
+            |mut stub, req| async move { stub.set(req).await },
+        )
+        .await?;
         Ok(())
     }
 
     /// Deletes `key`; `true` if it existed. Retried on `UNAVAILABLE`.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         let resp = self
-            .retry
-            .run(true, || {
-                let mut stub = self.raw();
-                let req = pb::DeleteRequest { key: key.into() };
-                async move { stub.delete(req).await }
-            })
+            .unary(
+                true,
+                pb::DeleteRequest { key: key.into() },
+                |mut stub, req| async move { stub.delete(req).await },
+            )
             .await?;
-        Ok(resp.into_inner().deleted)
+        Ok(resp.deleted)
     }
 
     /// Keys starting with `prefix`, sorted, at most `limit` (0: the
     /// server's maximum). On memcached this is a snapshot (see the proto).
     pub async fn list(&self, prefix: &str, limit: u32) -> Result<Vec<String>, Error> {
         let resp = self
-            .retry
-            .run(true, || {
-                let mut stub = self.raw();
-                let req = pb::ListRequest {
+            .unary(
+                true,
+                pb::ListRequest {
                     prefix: prefix.into(),
                     limit,
-                };
-                async move { stub.list(req).await }
-            })
+                },
+                |mut stub, req| async move { stub.list(req).await },
+            )
             .await?;
-        Ok(resp.into_inner().keys)
+        Ok(resp.keys)
     }
 
     /// Reads many keys in one call: one [`Lookup`] per key, in order.
@@ -419,14 +434,13 @@ impl Client {
     {
         let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
         let resp = self
-            .retry
-            .run(true, || {
-                let mut stub = self.raw();
-                let req = pb::BatchGetRequest { keys: keys.clone() };
-                async move { stub.batch_get(req).await }
-            })
+            .unary(
+                true,
+                pb::BatchGetRequest { keys: keys.clone() },
+                |mut stub, req| async move { stub.batch_get(req).await },
+            )
             .await?;
-        Ok(resp.into_inner().results.into_iter().map(lookup).collect())
+        Ok(resp.results.into_iter().map(lookup).collect())
     }
 
     /// Writes many items in one call. An invalid item fails the whole call;
@@ -437,16 +451,14 @@ impl Client {
     {
         let items: Vec<pb::SetRequest> = items.into_iter().map(set_request).collect();
         let resp = self
-            .retry
-            .run(self.retry.retry_writes, || {
-                let mut stub = self.raw();
-                let req = pb::BatchSetRequest {
+            .unary(
+                self.retry.retry_writes,
+                pb::BatchSetRequest {
                     items: items.clone(),
-                };
-                async move { stub.batch_set(req).await }
-            })
-            .await?
-            .into_inner();
+                },
+                |mut stub, req| async move { stub.batch_set(req).await },
+            )
+            .await?;
         Ok(outcome(resp.stored, resp.errors))
     }
 
@@ -458,14 +470,12 @@ impl Client {
     {
         let keys: Vec<String> = keys.into_iter().map(Into::into).collect();
         let resp = self
-            .retry
-            .run(true, || {
-                let mut stub = self.raw();
-                let req = pb::BatchDeleteRequest { keys: keys.clone() };
-                async move { stub.batch_delete(req).await }
-            })
-            .await?
-            .into_inner();
+            .unary(
+                true,
+                pb::BatchDeleteRequest { keys: keys.clone() },
+                |mut stub, req| async move { stub.batch_delete(req).await },
+            )
+            .await?;
         Ok(outcome(resp.deleted, resp.errors))
     }
 
