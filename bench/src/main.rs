@@ -75,7 +75,7 @@ impl Target {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, String> {
         match self {
             Target::Direct(s) => s
-                .get(&Key::parse(key).unwrap())
+                .get(&Key::parse(key).unwrap(), &budget())
                 .await
                 .map_err(|e| e.to_string()),
             Target::Memgate(c) => c.get(key).await.map_err(|e| e.to_string()),
@@ -107,7 +107,10 @@ impl Target {
                     .iter()
                     .map(|k| Key::parse(k.as_str()).unwrap())
                     .collect();
-                let results = s.get_many(&keys).await;
+                let results = s
+                    .get_many(&keys, &budget())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let mut found = 0;
                 for r in results {
                     found += usize::from(r.map_err(|e| e.to_string())?.is_some());
@@ -120,6 +123,11 @@ impl Target {
             }
         }
     }
+}
+
+/// An unbounded byte budget: the direct target measures the pool only.
+fn budget() -> Arc<memgate_server::store::budget::Reservation> {
+    Arc::new(memgate_server::store::budget::ByteBudget::new(usize::MAX).reserve(usize::MAX))
 }
 
 fn direct(addrs: &[String]) -> Arc<ShardedStore> {
@@ -314,7 +322,7 @@ async fn compare(cli: &Cli, concurrency: usize, seconds: u64, value_bytes: usize
 }
 
 async fn soak(cli: &Cli, seconds: u64, concurrency: usize) -> bool {
-    let (dir, _mcs, addrs) = start_pool(cli.shards);
+    let (_dir, _mcs, addrs) = start_pool(cli.shards);
     let mg = stack::memgate(&cli.memgate_bin, &addrs, &[]);
     let client = Client::connect(format!("http://{}", mg.addr))
         .await

@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_BATCH_KEYS: usize = 1000;
 /// Default largest gRPC message, in either direction.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Default bound on bytes of values held for all calls at once.
+pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 * 1024 * 1024;
 /// Default and largest number of keys one List returns.
 pub const DEFAULT_LIST_MAX_KEYS: usize = 10_000;
 /// Default size of the embedded store.
@@ -59,6 +61,13 @@ pub struct Cli {
     /// --max-value-bytes; clients should raise their receive limit to match.
     #[arg(long, env = "MEMGATE_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
+
+    /// Bytes of values memgate holds for all calls at once (read from
+    /// memcached, not yet sent). A call that would go past it is refused
+    /// with RESOURCE_EXHAUSTED rather than let memory grow; keep it well
+    /// under the process's memory limit.
+    #[arg(long, env = "MEMGATE_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
+    pub max_inflight_bytes: usize,
 
     /// Most keys one List returns (its `limit` 0 means this).
     #[arg(long, env = "MEMGATE_LIST_MAX_KEYS", default_value_t = DEFAULT_LIST_MAX_KEYS)]
@@ -227,6 +236,8 @@ pub struct Limits {
     pub max_batch_keys: usize,
     /// Largest gRPC message.
     pub max_message_bytes: usize,
+    /// Bytes of values held for all calls at once.
+    pub max_inflight_bytes: usize,
     /// Most keys per List.
     pub list_max_keys: usize,
 }
@@ -238,6 +249,7 @@ impl Default for Limits {
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
             list_max_keys: DEFAULT_LIST_MAX_KEYS,
         }
     }
@@ -325,6 +337,13 @@ impl TryFrom<Cli> for Config {
                 cli.max_value_bytes + MESSAGE_OVERHEAD
             ));
         }
+        if cli.max_inflight_bytes < cli.max_value_bytes + MESSAGE_OVERHEAD {
+            return Err(format!(
+                "--max-inflight-bytes ({}) must be at least --max-value-bytes + {MESSAGE_OVERHEAD} ({}), or no value could ever be read",
+                cli.max_inflight_bytes,
+                cli.max_value_bytes + MESSAGE_OVERHEAD
+            ));
+        }
         for (flag, d) in [
             ("--timeout", cli.timeout),
             ("--connect-timeout", cli.connect_timeout),
@@ -395,6 +414,7 @@ impl TryFrom<Cli> for Config {
                 max_value_bytes: cli.max_value_bytes,
                 max_batch_keys: cli.max_batch_keys,
                 max_message_bytes: cli.max_message_bytes,
+                max_inflight_bytes: cli.max_inflight_bytes,
                 list_max_keys: cli.list_max_keys,
             },
             health_interval: cli.health_interval,

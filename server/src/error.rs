@@ -89,6 +89,15 @@ pub enum Error {
         /// memcached's message.
         message: String,
     },
+    /// The server is at a limit of its own (bytes in flight); the call is
+    /// refused rather than let memory grow.
+    #[error(
+        "memgate is overloaded: {what}; retry shortly or read fewer or smaller values per call"
+    )]
+    Overloaded {
+        /// Which limit.
+        what: String,
+    },
     /// The LRU crawler of a shard stayed busy with another dump.
     #[error("memcached shard {addr} is busy with another key dump; retry List shortly")]
     ListBusy {
@@ -116,7 +125,7 @@ impl Error {
                 Code::Unavailable
             }
             Error::ShardTimeout { .. } => Code::DeadlineExceeded,
-            Error::ResponseTooLarge { .. } => Code::ResourceExhausted,
+            Error::ResponseTooLarge { .. } | Error::Overloaded { .. } => Code::ResourceExhausted,
             Error::ShardError { .. } => Code::Internal,
         }
     }

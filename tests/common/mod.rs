@@ -209,10 +209,11 @@ pub fn config_for_addrs(addrs: &[String]) -> Config {
     config
 }
 
-/// Sets the backend timeout of a memcached config.
+/// Sets the backend reply and connect timeouts of a memcached config.
 pub fn with_timeout(mut config: Config, timeout: Duration) -> Config {
     if let memgate_server::config::Backend::Memcached { pool, .. } = &mut config.backend {
         pool.timeout = timeout;
+        pool.connect_timeout = timeout;
     }
     config
 }

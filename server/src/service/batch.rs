@@ -14,7 +14,10 @@ impl<S: Store> CacheService<S> {
         req: pb::BatchGetRequest,
     ) -> Result<pb::BatchGetResponse, Error> {
         let keys = self.keys(req.keys)?;
-        let results = self.get_results(keys).await;
+        // Values are charged as they arrive: a response that cannot fit
+        // one message fails as soon as that is known.
+        let budget = self.reservation();
+        let results = self.get_results(keys, &budget).await?;
         let size: usize = results
             .iter()
             .map(|r| r.key.len() + r.value.len() + 16)
@@ -28,10 +31,16 @@ impl<S: Store> CacheService<S> {
         Ok(pb::BatchGetResponse { results })
     }
 
-    /// Reads `keys`, one result per key in order (shared with the stream).
-    pub(super) async fn get_results(&self, keys: Vec<crate::key::Key>) -> Vec<pb::GetResult> {
-        let outcomes = self.store.get_many(&keys).await;
-        keys.into_iter()
+    /// Reads `keys`, one result per key in order (shared with the stream),
+    /// charging the values to `budget`.
+    pub(super) async fn get_results(
+        &self,
+        keys: Vec<crate::key::Key>,
+        budget: &std::sync::Arc<crate::store::budget::Reservation>,
+    ) -> Result<Vec<pb::GetResult>, Error> {
+        let outcomes = self.store.get_many(&keys, budget).await?;
+        Ok(keys
+            .into_iter()
             .zip(outcomes)
             .map(|(key, outcome)| match outcome {
                 Ok(Some(value)) => pb::GetResult {
@@ -51,7 +60,7 @@ impl<S: Store> CacheService<S> {
                     ..Default::default()
                 },
             })
-            .collect()
+            .collect())
     }
 
     pub(super) async fn batch_set_items(

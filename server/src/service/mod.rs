@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::key::{Key, Ttl};
+use crate::store::budget::{ByteBudget, Reservation};
 use crate::store::{Item, Store};
 
 /// The Cache service over a store.
@@ -26,12 +27,24 @@ use crate::store::{Item, Store};
 pub struct CacheService<S> {
     store: Arc<S>,
     limits: Limits,
+    /// Bytes of values held for all calls at once.
+    budget: Arc<ByteBudget>,
 }
 
 impl<S: Store> CacheService<S> {
     /// A service answering from `store` within `limits`.
     pub fn new(store: Arc<S>, limits: Limits) -> Self {
-        CacheService { store, limits }
+        let budget = ByteBudget::new(limits.max_inflight_bytes);
+        CacheService {
+            store,
+            limits,
+            budget,
+        }
+    }
+
+    /// A reservation for one unary call: its response must fit one message.
+    fn reservation(&self) -> Arc<Reservation> {
+        Arc::new(self.budget.reserve(self.limits.max_message_bytes))
     }
 
     fn key(&self, raw: String) -> Result<Key, Error> {

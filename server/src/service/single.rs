@@ -9,7 +9,9 @@ use crate::store::Store;
 impl<S: Store> CacheService<S> {
     pub(super) async fn get_one(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Error> {
         let key = self.key(req.key)?;
-        Ok(match self.store.get(&key).await? {
+        // Held until the response is built; the value is charged to it.
+        let budget = self.reservation();
+        Ok(match self.store.get(&key, &budget).await? {
             Some(value) => pb::GetResponse {
                 found: true,
                 value: value.into(),

@@ -2,22 +2,44 @@
 //!
 //! Input is taken in chunks of whatever has arrived (at most
 //! [`STREAM_CHUNK`] messages), each chunk is one store batch, and results
-//! flow out through a small bounded channel. Memory therefore stays bounded
-//! however long the stream is, and a client that reads slowly slows the
-//! server's reading of its requests down (backpressure) instead of making it
-//! buffer. An invalid item is reported for that item; the stream goes on.
+//! flow out through a channel. Memory stays bounded by bytes however long
+//! the stream is and however large its values: BatchGetStream reads a
+//! chunk in pieces of at most [`PIECE_BYTES`] of values (a piece that
+//! would hold more is split and read again), each piece's bytes are
+//! charged to the server-wide budget until the client has taken the last
+//! of its results, and at most [`PIECES_IN_FLIGHT`] pieces exist per
+//! stream. A client that reads slowly therefore slows the server's reading
+//! of its requests down (backpressure) instead of making it buffer. An
+//! invalid item is reported for that item; the stream goes on.
+
+use std::sync::Arc;
 
 use futures::StreamExt;
 use memgate_api::v1 as pb;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, Streaming};
 
 use super::batch::key_error;
 use super::{BoxStream, CacheService};
+use crate::error::Error;
+use crate::key::Key;
 use crate::store::Store;
+use crate::store::budget::Reservation;
 
 /// Most messages handled as one store batch.
 pub(super) const STREAM_CHUNK: usize = 256;
+/// Most bytes of values in one piece of a BatchGetStream chunk.
+pub(super) const PIECE_BYTES: usize = 4 * 1024 * 1024;
+/// Pieces alive at once per BatchGetStream: one being read, one being sent.
+pub(super) const PIECES_IN_FLIGHT: usize = 2;
+
+/// What keeps a piece's bytes accounted for: released when the client has
+/// taken every result of the piece.
+#[derive(Debug)]
+struct PieceHold {
+    _bytes: Arc<Reservation>,
+    _turn: OwnedSemaphorePermit,
+}
 /// Most per-item errors returned by a client-streaming call; further
 /// failures are still counted out of `stored`/`deleted`, not listed.
 pub(super) const MAX_STREAM_ERRORS: usize = 1000;
@@ -27,10 +49,15 @@ impl<S: Store> CacheService<S> {
         let service = CacheService {
             store: self.store.clone(),
             limits: self.limits.clone(),
+            budget: self.budget.clone(),
         };
-        // Two chunks of results in flight at most.
-        let (tx, rx) = tokio::sync::mpsc::channel(2 * STREAM_CHUNK);
+        // Items are bounded by the pieces in flight, not by this channel.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(
+            Result<pb::GetResult, Status>,
+            Option<Arc<PieceHold>>,
+        )>();
         tokio::spawn(async move {
+            let turns = Arc::new(Semaphore::new(PIECES_IN_FLIGHT));
             let mut chunks = input.ready_chunks(STREAM_CHUNK);
             while let Some(chunk) = chunks.next().await {
                 let mut keys = Vec::with_capacity(chunk.len());
@@ -39,15 +66,15 @@ impl<S: Store> CacheService<S> {
                 for msg in chunk {
                     match msg {
                         Err(status) => {
-                            let _ = tx.send(Err(status)).await;
+                            let _ = tx.send((Err(status), None));
                             return;
                         }
                         Ok(req) => match service.key(req.key.clone()) {
                             Ok(k) => {
-                                slots.push(Ok(keys.len()));
+                                slots.push(None);
                                 keys.push(k);
                             }
-                            Err(e) => slots.push(Err(pb::GetResult {
+                            Err(e) => slots.push(Some(pb::GetResult {
                                 key: req.key,
                                 error: e.to_string(),
                                 error_code: e.code() as i32,
@@ -56,19 +83,54 @@ impl<S: Store> CacheService<S> {
                         },
                     }
                 }
-                let mut results = service.get_results(keys).await.into_iter();
-                for slot in slots {
-                    let result = match slot {
-                        Ok(_) => results.next().expect("one result per valid key"),
-                        Err(invalid) => invalid,
+                let mut slots = slots.into_iter().peekable();
+                let mut pieces = vec![keys];
+                while let Some(piece) = pieces.pop() {
+                    let Ok(turn) = turns.clone().acquire_owned().await else {
+                        return;
                     };
-                    if tx.send(Ok(result)).await.is_err() {
-                        return; // the client went away
+                    let reservation = Arc::new(service.budget.reserve(PIECE_BYTES));
+                    let results = match service.get_results(piece.clone(), &reservation).await {
+                        Ok(results) => results,
+                        Err(Error::ResponseTooLarge { .. } | Error::Overloaded { .. })
+                            if piece.len() > 1 =>
+                        {
+                            // Too many bytes at once: read it in halves.
+                            let (a, b) = piece.split_at(piece.len() / 2);
+                            pieces.push(b.to_vec());
+                            pieces.push(a.to_vec());
+                            continue;
+                        }
+                        Err(e) => piece.iter().map(|k| failed(k, &e)).collect(),
+                    };
+                    let hold = Arc::new(PieceHold {
+                        _bytes: reservation,
+                        _turn: turn,
+                    });
+                    for result in results {
+                        // Invalid keys that came before this one go first.
+                        while let Some(Some(_)) = slots.peek() {
+                            let invalid = slots.next().flatten().expect("peeked");
+                            if tx.send((Ok(invalid), None)).is_err() {
+                                return;
+                            }
+                        }
+                        slots.next();
+                        if tx.send((Ok(result), Some(hold.clone()))).is_err() {
+                            return; // the client went away
+                        }
+                    }
+                }
+                for invalid in slots.flatten() {
+                    if tx.send((Ok(invalid), None)).is_err() {
+                        return;
                     }
                 }
             }
         });
-        Box::pin(ReceiverStream::new(rx))
+        // The piece's bytes are released as the client takes its results.
+        let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|(r, _hold)| r);
+        Box::pin(out)
     }
 
     pub(super) async fn set_stream(
@@ -122,6 +184,16 @@ impl<S: Store> CacheService<S> {
             }
         }
         Ok(resp)
+    }
+}
+
+/// A per-key result for a key whose read failed.
+fn failed(key: &Key, e: &Error) -> pb::GetResult {
+    pb::GetResult {
+        key: key.to_string(),
+        error: e.to_string(),
+        error_code: e.code() as i32,
+        ..Default::default()
     }
 }
 

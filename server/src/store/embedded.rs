@@ -13,6 +13,7 @@ use bytes::Bytes;
 use moka::Expiry;
 use moka::sync::Cache;
 
+use super::budget::Reservation;
 use super::{Item, Reachability, Store};
 use crate::error::Error;
 use crate::key::{Key, Ttl};
@@ -111,8 +112,12 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
-    async fn get(&self, key: &Key) -> Result<Option<Bytes>, Error> {
-        Ok(self.read(key))
+    async fn get(&self, key: &Key, budget: &Arc<Reservation>) -> Result<Option<Bytes>, Error> {
+        let value = self.read(key);
+        if let Some(v) = &value {
+            budget.charge(v.len())?;
+        }
+        Ok(value)
     }
 
     async fn set(&self, item: Item) -> Result<(), Error> {
@@ -124,8 +129,20 @@ impl Store for EmbeddedStore {
         Ok(self.remove(key))
     }
 
-    async fn get_many(&self, keys: &[Key]) -> Vec<Result<Option<Bytes>, Error>> {
-        keys.iter().map(|k| Ok(self.read(k))).collect()
+    async fn get_many(
+        &self,
+        keys: &[Key],
+        budget: &Arc<Reservation>,
+    ) -> Result<Vec<Result<Option<Bytes>, Error>>, Error> {
+        keys.iter()
+            .map(|k| {
+                let value = self.read(k);
+                if let Some(v) = &value {
+                    budget.charge(v.len())?;
+                }
+                Ok(Ok(value))
+            })
+            .collect()
     }
 
     async fn set_many(&self, items: Vec<Item>) -> Vec<Result<(), Error>> {

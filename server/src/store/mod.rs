@@ -6,14 +6,18 @@
 //! run against both stores.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::error::Error;
 use crate::key::{Key, Ttl};
 
+pub mod budget;
 pub mod embedded;
 pub mod memcached;
+
+use budget::Reservation;
 
 /// One item to write.
 #[derive(Clone, Debug)]
@@ -49,8 +53,13 @@ impl Reachability {
 /// validated; values are checked against [`Store::max_value_len`] by the
 /// caller before any write.
 pub trait Store: Send + Sync + 'static {
-    /// Reads one key; `Ok(None)` is a miss.
-    fn get(&self, key: &Key) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send;
+    /// Reads one key; `Ok(None)` is a miss. The value is charged to
+    /// `budget`.
+    fn get(
+        &self,
+        key: &Key,
+        budget: &Arc<Reservation>,
+    ) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send;
 
     /// Writes one item, returning once the store acknowledged it.
     fn set(&self, item: Item) -> impl Future<Output = Result<(), Error>> + Send;
@@ -58,11 +67,14 @@ pub trait Store: Send + Sync + 'static {
     /// Removes one key; `Ok(true)` if it existed.
     fn delete(&self, key: &Key) -> impl Future<Output = Result<bool, Error>> + Send;
 
-    /// Reads many keys, one result per key in the same order.
+    /// Reads many keys, one result per key in the same order. Values are
+    /// charged to `budget` as they arrive; once it is exceeded the call
+    /// fails as a whole (and what still arrives is dropped, not kept).
     fn get_many(
         &self,
         keys: &[Key],
-    ) -> impl Future<Output = Vec<Result<Option<Bytes>, Error>>> + Send;
+        budget: &Arc<Reservation>,
+    ) -> impl Future<Output = Result<Vec<Result<Option<Bytes>, Error>>, Error>> + Send;
 
     /// Writes many items, one result per item in the same order.
     fn set_many(&self, items: Vec<Item>) -> impl Future<Output = Vec<Result<(), Error>>> + Send;

@@ -1,34 +1,50 @@
 //! One pipelined connection to a memcached server.
 //!
-//! Many requests can be in flight on one connection: a writer task sends
-//! them in the order they were submitted (coalescing whatever is queued into
-//! one write), and a reader task matches replies to requests first in, first
-//! out — the text protocol answers strictly in order. Each request carries
-//! the [`Decoder`] for its own reply, so a reply is only ever handed to the
-//! request it answers.
+//! Many requests share a connection. A caller appends its encoded command
+//! to the connection's write buffer and registers what it waits for; if no
+//! write is under way it writes the buffer itself, at once and without
+//! blocking (a lone request is never delayed to wait for company), and
+//! whatever other callers appended meanwhile goes out in the same write.
+//! Only when the socket is full does a writer task take over. One reader
+//! task decodes replies and hands each to its caller.
 //!
-//! Any error — I/O, a reply that breaks the protocol, or a request that
-//! outlives its timeout — closes the whole connection and fails everything
-//! still queued on it. A broken connection is never reused, so a late or
-//! half-read reply cannot reach the next request.
+//! Replies are matched to requests by more than position. On a meta
+//! connection every request carries an opaque token and asks for its key
+//! back; a reply with the wrong token or key, or any byte that arrives when
+//! nothing is awaited, closes the connection and fails what was in flight
+//! on it. A text-protocol connection (servers without meta commands)
+//! carries one request at a time, and any byte left over after a complete
+//! reply closes it too. Any other error — I/O, a malformed reply, a request
+//! that outlives its timeout — also closes the connection, and a closed
+//! connection is never reused: a stale reply can never reach the next
+//! request.
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::protocol::{Decoder, ProtocolError, Reply};
+use super::meta::{self, Code, Flags, Line};
+use super::protocol::{self, Decoder, ProtocolError, Terminator};
+use crate::key::Key;
+use crate::store::budget::{Overflow, Reservation};
 
-/// Requests queued for writing before callers wait (backpressure).
-const QUEUE_DEPTH: usize = 1024;
-/// Largest single write when coalescing queued requests.
-const MAX_COALESCED_WRITE: usize = 256 * 1024;
+/// Room kept free in the read buffer before each read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Which protocol a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// memcached >= 1.6: meta commands, tagged replies, pipelined.
+    Meta,
+    /// The classic text protocol, one request at a time.
+    Text,
+}
 
 /// Why a request on a connection failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,184 +61,819 @@ pub enum ConnError {
     /// The connection had already been closed by an earlier failure.
     #[error("connection closed")]
     Closed,
+    /// The values read for the call outgrew its byte budget; the
+    /// connection itself is fine.
+    #[error("byte budget exceeded")]
+    Budget(Overflow),
+}
+
+/// What the reply to a request must look like.
+#[derive(Debug)]
+pub enum Expect {
+    /// One meta reply echoing the request's token and this key.
+    One(Key),
+    /// A quiet meta batch for these keys (token `base + i` for key `i`),
+    /// closed by `MN`: replies come only for what quiet mode does not
+    /// suppress, in key order.
+    Quiet(Vec<Key>),
+    /// A text-protocol reply.
+    Text(Decoder),
+}
+
+/// One meta reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaReply {
+    /// Its status.
+    pub code: Code,
+    /// Its flags.
+    pub flags: Flags,
+    /// The value, after `VA`.
+    pub value: Option<Bytes>,
+}
+
+/// A complete reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The reply to an [`Expect::One`].
+    Meta(MetaReply),
+    /// `SERVER_ERROR` in answer to an [`Expect::One`].
+    ServerError(String),
+    /// The replies to an [`Expect::Quiet`] batch, by key index.
+    Quiet {
+        /// Replies quiet mode did not suppress.
+        replies: Vec<(usize, MetaReply)>,
+        /// A `SERVER_ERROR` seen in the batch: it names no key, so every
+        /// key without a reply has an unknown outcome.
+        server_error: Option<String>,
+    },
+    /// The reply to an [`Expect::Text`].
+    Text(protocol::Reply),
 }
 
 /// A request waiting for its reply.
-struct InFlight {
-    decoder: Decoder,
+struct Pending {
+    token: u32,
+    expect: Expect,
+    max_value: usize,
+    budget: Option<Arc<Reservation>>,
+    overflow: Option<Overflow>,
+    /// Quiet batch progress: the next key index a reply may name, and
+    /// the replies so far.
+    next: usize,
+    replies: Vec<(usize, MetaReply)>,
+    server_error: Option<String>,
     reply: oneshot::Sender<Result<Reply, ConnError>>,
 }
 
-struct Submit {
-    bytes: Bytes,
-    in_flight: InFlight,
+/// One request to send.
+pub struct Request<E> {
+    /// Appends the command(s), given the first token.
+    pub encode: E,
+    /// How many tokens the command uses (one per key of a quiet batch).
+    pub tokens: u32,
+    /// What the reply must look like.
+    pub expect: Expect,
+    /// Longest value the reply may carry.
+    pub max_value: usize,
+    /// Where the values read are charged, if anywhere.
+    pub budget: Option<Arc<Reservation>>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Encoded commands not yet written.
+    wbuf: BytesMut,
+    /// Someone (a caller, or the writer task) is writing `wbuf`.
+    flushing: bool,
+    /// Requests written or about to be, in order.
+    pending: VecDeque<Pending>,
+    next_token: u32,
+    /// Set by the reader when it fails everything: nothing may be added.
+    closed: bool,
+    /// Why a writer closed the connection, for the first waiter.
+    write_error: Option<io::Error>,
+}
+
+struct Shared {
+    stream: TcpStream,
+    state: Mutex<State>,
+    /// Wakes the writer task when the socket was full.
+    write_wanted: Notify,
+    closed: CancellationToken,
+    mode: Mode,
+    /// Text mode: one request at a time.
+    turn: Semaphore,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock with the state half
+        // updated; a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A handle to a pipelined memcached connection; cheap to clone, shared by
 /// all callers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Connection {
-    submit: mpsc::Sender<Submit>,
-    closed: CancellationToken,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("mode", &self.shared.mode)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
 }
 
 impl Connection {
-    /// Wraps a connected stream, spawning its reader and writer tasks.
-    pub fn new(stream: TcpStream) -> Connection {
+    /// Wraps a connected stream speaking `mode`, spawning its reader and
+    /// writer tasks.
+    pub fn new(stream: TcpStream, mode: Mode) -> Connection {
         let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let (submit, submit_rx) = mpsc::channel(QUEUE_DEPTH);
-        let (in_flight_tx, in_flight_rx) = mpsc::unbounded_channel();
-        let closed = CancellationToken::new();
-        tokio::spawn(write_loop(write, submit_rx, in_flight_tx, closed.clone()));
-        tokio::spawn(read_loop(read, in_flight_rx, closed.clone()));
-        Connection { submit, closed }
+        let shared = Arc::new(Shared {
+            stream,
+            state: Mutex::new(State::default()),
+            write_wanted: Notify::new(),
+            closed: CancellationToken::new(),
+            mode,
+            turn: Semaphore::new(1),
+        });
+        tokio::spawn(write_loop(shared.clone()));
+        tokio::spawn(read_loop(shared.clone()));
+        Connection { shared }
+    }
+
+    /// The protocol it speaks.
+    pub fn mode(&self) -> Mode {
+        self.shared.mode
     }
 
     /// True once the connection has failed; it must then be replaced.
     pub fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.shared.closed.is_cancelled()
     }
 
     /// Closes the connection, failing whatever is still in flight on it.
     pub fn close(&self) {
-        self.closed.cancel();
+        self.shared.closed.cancel();
     }
 
-    /// Sends one encoded command and waits for the reply `decoder` reads.
-    /// If no reply arrives within `timeout`, the connection is closed: a
-    /// server that stalls must not hold later requests hostage.
-    pub async fn request(
-        &self,
-        bytes: Bytes,
-        decoder: Decoder,
-        timeout: Duration,
-    ) -> Result<Reply, ConnError> {
-        let (tx, rx) = oneshot::channel();
-        let submit = Submit {
-            bytes,
-            in_flight: InFlight { decoder, reply: tx },
+    /// Sends one request and waits for its reply. If none arrives within
+    /// `timeout`, the connection is closed: a server that stalls must not
+    /// hold later requests hostage.
+    pub async fn request<E>(&self, req: Request<E>, timeout: Duration) -> Result<Reply, ConnError>
+    where
+        E: FnOnce(&mut BytesMut, u32),
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let _turn = match self.shared.mode {
+            Mode::Meta => None,
+            Mode::Text => Some(
+                tokio::time::timeout_at(deadline, self.shared.turn.acquire())
+                    .await
+                    .map_err(|_| ConnError::Timeout(timeout))?
+                    .map_err(|_| ConnError::Closed)?,
+            ),
         };
-        let outcome = tokio::time::timeout(timeout, async {
-            self.submit
-                .send(submit)
-                .await
-                .map_err(|_| ConnError::Closed)?;
-            rx.await.unwrap_or(Err(ConnError::Closed))
-        })
-        .await;
-        match outcome {
-            Ok(result) => result,
+        let rx = self.submit(req)?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(ConnError::Closed),
             Err(_) => {
                 self.close();
                 Err(ConnError::Timeout(timeout))
             }
         }
     }
-}
 
-async fn write_loop(
-    mut write: OwnedWriteHalf,
-    mut submit_rx: mpsc::Receiver<Submit>,
-    in_flight_tx: mpsc::UnboundedSender<InFlight>,
-    closed: CancellationToken,
-) {
-    let mut buf = BytesMut::new();
-    loop {
-        let first = tokio::select! {
-            _ = closed.cancelled() => break,
-            next = submit_rx.recv() => match next {
-                Some(s) => s,
-                None => break, // every handle dropped
-            },
-        };
-        buf.clear();
-        let mut next = Some(first);
-        while let Some(s) = next.take() {
-            buf.extend_from_slice(&s.bytes);
-            // Register before writing, so the reader knows what it is
-            // reading by the time the reply can arrive.
-            if in_flight_tx.send(s.in_flight).is_err() {
-                closed.cancel();
-                return;
-            }
-            if buf.len() < MAX_COALESCED_WRITE {
-                next = submit_rx.try_recv().ok();
-            }
+    /// Queues a request and writes what is queued unless a write is under
+    /// way. The write is a non-blocking `try_write`, so no await point can
+    /// cut a command in half.
+    fn submit<E>(
+        &self,
+        req: Request<E>,
+    ) -> Result<oneshot::Receiver<Result<Reply, ConnError>>, ConnError>
+    where
+        E: FnOnce(&mut BytesMut, u32),
+    {
+        let shared = &*self.shared;
+        let (tx, rx) = oneshot::channel();
+        let mut st = shared.state();
+        if st.closed || shared.closed.is_cancelled() {
+            return Err(ConnError::Closed);
         }
-        let written = tokio::select! {
-            _ = closed.cancelled() => break,
-            r = write.write_all(&buf) => r,
-        };
-        if written.is_err() {
-            break;
+        let token = st.next_token;
+        st.next_token = token.wrapping_add(req.tokens.max(1));
+        (req.encode)(&mut st.wbuf, token);
+        // Registered before it is written, so its reply finds it.
+        st.pending.push_back(Pending {
+            token,
+            expect: req.expect,
+            max_value: req.max_value,
+            budget: req.budget,
+            overflow: None,
+            next: 0,
+            replies: Vec::new(),
+            server_error: None,
+            reply: tx,
+        });
+        if st.flushing {
+            return Ok(rx);
         }
-    }
-    closed.cancel();
-    // Fail requests queued but never written.
-    submit_rx.close();
-    while let Ok(s) = submit_rx.try_recv() {
-        let _ = s.in_flight.reply.send(Err(ConnError::Closed));
-    }
-}
-
-async fn read_loop(
-    mut read: OwnedReadHalf,
-    mut in_flight_rx: mpsc::UnboundedReceiver<InFlight>,
-    closed: CancellationToken,
-) {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut waiting: VecDeque<InFlight> = VecDeque::new();
-    let failure = loop {
-        // Take the requests written so far; wait for one if there are none.
-        while let Ok(r) = in_flight_rx.try_recv() {
-            waiting.push_back(r);
-        }
-        if let Some(current) = waiting.front_mut() {
-            match current.decoder.decode(&mut buf) {
-                Ok(Some(reply)) => {
-                    let done = waiting.pop_front().expect("front exists");
-                    // The caller may have timed out; the reply is still
-                    // consumed, so the stream stays in sync.
-                    let _ = done.reply.send(Ok(reply));
-                    continue;
+        st.flushing = true;
+        loop {
+            let mut out = st.wbuf.split();
+            drop(st);
+            let written = write_now(&shared.stream, &mut out);
+            st = shared.state();
+            match written {
+                Err(e) => {
+                    st.flushing = false;
+                    drop(st);
+                    // This caller learns why; the others were collateral.
+                    shared.closed.cancel();
+                    return Err(ConnError::Io(e));
                 }
-                Ok(None) => {}
-                Err(e) => break ConnError::Protocol(e),
+                Ok(()) if !out.is_empty() => {
+                    // The socket is full: the writer task sends the rest,
+                    // ahead of anything appended meanwhile.
+                    out.unsplit(st.wbuf.split());
+                    st.wbuf = out;
+                    drop(st);
+                    shared.write_wanted.notify_one();
+                    return Ok(rx);
+                }
+                Ok(()) if st.wbuf.is_empty() => {
+                    st.flushing = false;
+                    return Ok(rx);
+                }
+                Ok(()) => {} // more was appended while writing: write it too
             }
         }
-        let idle = waiting.is_empty();
+    }
+}
+
+/// Writes as much of `out` as the socket takes without blocking.
+fn write_now(stream: &TcpStream, out: &mut BytesMut) -> io::Result<()> {
+    while !out.is_empty() {
+        match stream.try_write(out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => out.advance(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Sends what callers could not write because the socket was full.
+async fn write_loop(shared: Arc<Shared>) {
+    loop {
         tokio::select! {
-            _ = closed.cancelled() => break ConnError::Closed,
-            r = in_flight_rx.recv(), if idle => match r {
-                Some(r) => waiting.push_back(r),
-                None => break ConnError::Closed,
-            },
-            n = read.read_buf(&mut buf) => match n {
-                Ok(0) => break ConnError::Io(io::ErrorKind::UnexpectedEof.into()),
-                // A request is registered before it is written, so a reply
-                // to it finds it here; bytes nobody asked for mean the peer
-                // is not in step with us.
-                Ok(_) if idle => match in_flight_rx.try_recv() {
-                    Ok(r) => waiting.push_back(r),
-                    Err(_) => break ConnError::Protocol(ProtocolError::Unexpected(
-                        String::from_utf8_lossy(&buf[..buf.len().min(80)]).into_owned(),
-                    )),
-                },
-                Ok(_) => {}
-                Err(e) => break ConnError::Io(e),
-            },
+            _ = shared.closed.cancelled() => return,
+            _ = shared.write_wanted.notified() => {}
+        }
+        loop {
+            let mut out = {
+                let mut st = shared.state();
+                if st.wbuf.is_empty() {
+                    st.flushing = false;
+                    break;
+                }
+                st.wbuf.split()
+            };
+            while !out.is_empty() {
+                let ready = tokio::select! {
+                    _ = shared.closed.cancelled() => return,
+                    r = shared.stream.writable() => r,
+                };
+                if let Err(e) = ready.and_then(|()| write_now(&shared.stream, &mut out)) {
+                    shared.state().write_error = Some(e);
+                    shared.closed.cancel();
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn read_loop(shared: Arc<Shared>) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut waiting: VecDeque<Pending> = VecDeque::new();
+    let failure = loop {
+        if let Err(e) = deliver(&shared, &mut buf, &mut waiting) {
+            break e;
+        }
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
+        }
+        let ready = tokio::select! {
+            _ = shared.closed.cancelled() => break ConnError::Closed,
+            r = shared.stream.readable() => r,
+        };
+        if let Err(e) = ready {
+            break ConnError::Io(e);
+        }
+        match shared.stream.try_read_buf(&mut buf) {
+            Ok(0) => break ConnError::Io(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => break ConnError::Io(e),
         }
     };
-    closed.cancel();
-    let mut first = Some(failure);
-    in_flight_rx.close();
-    while let Ok(r) = in_flight_rx.try_recv() {
-        waiting.push_back(r);
-    }
+    shared.closed.cancel();
+    let write_error = {
+        let mut st = shared.state();
+        st.closed = true;
+        waiting.extend(st.pending.drain(..));
+        st.write_error.take()
+    };
+    // The first waiter gets the real cause; the rest were collateral.
+    let mut first = Some(write_error.map_or(failure, ConnError::Io));
     for w in waiting {
-        // The first waiter gets the real cause; the rest were collateral.
         let err = first.take().unwrap_or(ConnError::Closed);
         let _ = w.reply.send(Err(err));
+    }
+}
+
+/// Hands every complete reply in `buf` to its request.
+fn deliver(
+    shared: &Shared,
+    buf: &mut BytesMut,
+    waiting: &mut VecDeque<Pending>,
+) -> Result<(), ConnError> {
+    while !buf.is_empty() {
+        if waiting.is_empty() {
+            waiting.extend(shared.state().pending.drain(..));
+        }
+        let Some(front) = waiting.front_mut() else {
+            // Nothing was asked: the peer is not in step with us.
+            return Err(ProtocolError::Mismatch(format!(
+                "{:?} arrived when no reply was awaited",
+                String::from_utf8_lossy(&buf[..buf.len().min(80)])
+            ))
+            .into());
+        };
+        let reply = match &mut front.expect {
+            Expect::Text(decoder) => decoder.decode(buf)?.map(Reply::Text),
+            _ => decode_meta(front, buf)?,
+        };
+        let Some(reply) = reply else {
+            return Ok(()); // incomplete: wait for more bytes
+        };
+        let done = waiting.pop_front().expect("front exists");
+        if shared.mode == Mode::Text && !buf.is_empty() {
+            // One request at a time: bytes after its reply answer nothing
+            // we asked, and may mean this reply was not what it seemed.
+            let what = format!(
+                "{:?} followed a complete reply",
+                String::from_utf8_lossy(&buf[..buf.len().min(80)])
+            );
+            let _ = done
+                .reply
+                .send(Err(ProtocolError::Mismatch(what.clone()).into()));
+            return Err(ProtocolError::Mismatch(what).into());
+        }
+        let outcome = match (done.overflow, reply) {
+            (Some(overflow), _) => Err(ConnError::Budget(overflow)),
+            (None, Reply::Text(r)) => charge_text(&done, r).map(Reply::Text),
+            (None, r) => Ok(r),
+        };
+        // The caller may have given up; the reply is still consumed, so
+        // the stream stays in step.
+        let _ = done.reply.send(outcome);
+    }
+    Ok(())
+}
+
+/// Charges the values of a text `get` to the request's budget.
+fn charge_text(p: &Pending, reply: protocol::Reply) -> Result<protocol::Reply, ConnError> {
+    if let (Some(budget), protocol::Reply::Values(values)) = (&p.budget, &reply) {
+        for (_, v) in values {
+            budget.charge(v.len()).map_err(ConnError::Budget)?;
+        }
+    }
+    Ok(reply)
+}
+
+fn mismatch(what: String) -> ProtocolError {
+    ProtocolError::Mismatch(what)
+}
+
+/// Decodes meta reply lines for `p`; `Some` once its reply is complete.
+fn decode_meta(p: &mut Pending, buf: &mut BytesMut) -> Result<Option<Reply>, ProtocolError> {
+    loop {
+        let Some(line_len) = protocol::find_line(buf, Terminator::CrLf)? else {
+            return Ok(None);
+        };
+        let (line, key) =
+            meta::parse_line(&buf[..line_len]).map_err(|e| ProtocolError::Unexpected(e.0))?;
+        let (code, len, flags) = match line {
+            Line::Rejected(m) => return Err(ProtocolError::Rejected(m)),
+            Line::ServerError(m) => {
+                buf.advance(line_len + 2);
+                match p.expect {
+                    Expect::Quiet(_) => {
+                        p.server_error.get_or_insert(m);
+                        continue;
+                    }
+                    _ => return Ok(Some(Reply::ServerError(m))),
+                }
+            }
+            Line::Status { code, len, flags } => (code, len, flags),
+        };
+        if len > p.max_value {
+            return Err(ProtocolError::ValueTooLarge {
+                len,
+                max: p.max_value,
+            });
+        }
+        // Check the reply answers this request before waiting for its data.
+        let index = match &p.expect {
+            Expect::Quiet(_) if code == Code::NoOp => {
+                buf.advance(line_len + 2);
+                return Ok(Some(Reply::Quiet {
+                    replies: std::mem::take(&mut p.replies),
+                    server_error: p.server_error.take(),
+                }));
+            }
+            _ if code == Code::NoOp => {
+                return Err(mismatch("MN where no quiet batch was open".into()));
+            }
+            Expect::One(want) => {
+                if flags.token != Some(p.token) {
+                    return Err(mismatch(format!(
+                        "token {:?} where {} was awaited",
+                        flags.token, p.token
+                    )));
+                }
+                check_key(key, want)?;
+                None
+            }
+            Expect::Quiet(keys) => {
+                let Some(token) = flags.token else {
+                    return Err(mismatch("a reply without a token in a quiet batch".into()));
+                };
+                let i = token.wrapping_sub(p.token) as usize;
+                if i >= keys.len() || i < p.next {
+                    return Err(mismatch(format!(
+                        "token {token} is not one still awaited in this batch"
+                    )));
+                }
+                check_key(key, &keys[i])?;
+                Some(i)
+            }
+            Expect::Text(_) => unreachable!("text replies are decoded by their decoder"),
+        };
+        let head = line_len + 2;
+        let block = if code == Code::Value {
+            head + len + 2
+        } else {
+            head
+        };
+        if buf.len() < block {
+            // Wait for the whole block; reserve so reads land in place.
+            buf.reserve(block - buf.len());
+            return Ok(None);
+        }
+        let value = if code == Code::Value {
+            if &buf[block - 2..block] != b"\r\n" {
+                return Err(ProtocolError::BadDataTerminator);
+            }
+            let mut chunk = buf.split_to(block).freeze();
+            chunk.advance(head);
+            chunk.truncate(len);
+            Some(chunk)
+        } else {
+            buf.advance(block);
+            None
+        };
+        let value = match (value, &p.budget) {
+            (Some(v), Some(budget)) if p.overflow.is_none() => match budget.charge(v.len()) {
+                Ok(()) => Some(v),
+                Err(o) => {
+                    // Read and dropped, not kept: the call will fail.
+                    p.overflow = Some(o);
+                    None
+                }
+            },
+            (v, _) if p.overflow.is_none() => v,
+            _ => None,
+        };
+        let reply = MetaReply { code, flags, value };
+        match index {
+            None => return Ok(Some(Reply::Meta(reply))),
+            Some(i) => {
+                p.next = i + 1;
+                p.replies.push((i, reply));
+            }
+        }
+    }
+}
+
+fn check_key(got: Option<&str>, want: &Key) -> Result<(), ProtocolError> {
+    if got == Some(want.as_str()) {
+        Ok(())
+    } else {
+        Err(mismatch(format!(
+            "key {:?} where {:?} was awaited",
+            got.map(crate::error::shorten),
+            crate::error::shorten(want.as_str())
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const T: Duration = Duration::from_secs(5);
+
+    /// A connection to a scripted peer: the test reads what memgate sent
+    /// and writes whatever it likes back.
+    async fn pair(mode: Mode) -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Connection::new(client, mode), server)
+    }
+
+    fn key(k: &str) -> Key {
+        Key::parse(k).unwrap()
+    }
+
+    fn get(k: &str) -> Request<impl FnOnce(&mut BytesMut, u32)> {
+        let key = key(k);
+        let encoded = key.clone();
+        Request {
+            encode: move |buf: &mut BytesMut, token| {
+                meta::encode_get(buf, encoded.as_str(), token, false)
+            },
+            tokens: 1,
+            expect: Expect::One(key),
+            max_value: 1 << 20,
+            budget: None,
+        }
+    }
+
+    async fn read_some(peer: &mut TcpStream) -> String {
+        let mut b = vec![0; 4096];
+        let n = peer.read(&mut b).await.unwrap();
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replies_are_matched_by_token_and_key() {
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let (a, b) = (conn.clone(), conn.clone());
+        let first = tokio::spawn(async move { a.request(get("a"), T).await });
+        assert_eq!(read_some(&mut peer).await, "mg a v k O0\r\n");
+        let second = tokio::spawn(async move { b.request(get("b"), T).await });
+        assert_eq!(read_some(&mut peer).await, "mg b v k O1\r\n");
+        peer.write_all(b"VA 1 ka O0\r\nx\r\nEN kb O1\r\n")
+            .await
+            .unwrap();
+        let Reply::Meta(r) = first.await.unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.value.as_deref(), Some(&b"x"[..]));
+        let Reply::Meta(r) = second.await.unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.code, Code::Miss);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_swapped_token_or_key_closes_the_connection() {
+        for reply in [
+            &b"VA 1 ka O7\r\nx\r\n"[..],
+            b"VA 1 kz O0\r\nx\r\n",
+            b"VA 1 O0\r\nx\r\n",
+        ] {
+            let (conn, mut peer) = pair(Mode::Meta).await;
+            let c = conn.clone();
+            let call = tokio::spawn(async move { c.request(get("a"), T).await });
+            read_some(&mut peer).await;
+            peer.write_all(reply).await.unwrap();
+            let err = call.await.unwrap().unwrap_err();
+            assert!(
+                matches!(err, ConnError::Protocol(ProtocolError::Mismatch(_))),
+                "{reply:?}: {err:?}"
+            );
+            assert!(conn.is_closed());
+            assert!(matches!(
+                conn.request(get("a"), T).await,
+                Err(ConnError::Closed)
+            ));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bytes_nobody_asked_for_close_the_connection() {
+        // A complete reply followed by a second one for the same key: the
+        // second must never become the next request's value.
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let c = conn.clone();
+        let call = tokio::spawn(async move { c.request(get("a"), T).await });
+        read_some(&mut peer).await;
+        peer.write_all(b"VA 1 ka O0\r\nx\r\nVA 5 ka O0\r\nextra\r\n")
+            .await
+            .unwrap();
+        assert!(call.await.unwrap().is_ok(), "the real reply is delivered");
+        let next = conn.request(get("a"), T).await;
+        assert!(next.is_err(), "the extra reply was read as {next:?}");
+        assert!(conn.is_closed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn text_mode_refuses_leftover_bytes() {
+        let (conn, mut peer) = pair(Mode::Text).await;
+        let c = conn.clone();
+        let call = tokio::spawn(async move {
+            let req = Request {
+                encode: |buf: &mut BytesMut, _| protocol::encode_get(buf, &["a"]),
+                tokens: 1,
+                expect: Expect::Text(Decoder::get(vec!["a".into()], 1 << 20)),
+                max_value: 1 << 20,
+                budget: None,
+            };
+            c.request(req, T).await
+        });
+        assert_eq!(read_some(&mut peer).await, "get a\r\n");
+        peer.write_all(b"VALUE a 0 1\r\nx\r\nEND\r\nVALUE a 0 5\r\nextra\r\nEND\r\n")
+            .await
+            .unwrap();
+        let err = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, ConnError::Protocol(ProtocolError::Mismatch(_))),
+            "{err:?}"
+        );
+        assert!(conn.is_closed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn quiet_batches_take_hits_in_order_and_end_at_mn() {
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let keys: Vec<Key> = ["a", "b", "c"].iter().map(|k| key(k)).collect();
+        let encoded = keys.clone();
+        let c = conn.clone();
+        let call = tokio::spawn(async move {
+            let req = Request {
+                encode: move |buf: &mut BytesMut, token: u32| {
+                    for (i, k) in encoded.iter().enumerate() {
+                        meta::encode_get(buf, k.as_str(), token + i as u32, true);
+                    }
+                    meta::encode_noop(buf);
+                },
+                tokens: 3,
+                expect: Expect::Quiet(keys),
+                max_value: 1 << 20,
+                budget: None,
+            };
+            c.request(req, T).await
+        });
+        let sent = read_some(&mut peer).await;
+        assert_eq!(
+            sent,
+            "mg a v k O0 q\r\nmg b v k O1 q\r\nmg c v k O2 q\r\nmn\r\n"
+        );
+        peer.write_all(b"VA 1 ka O0\r\n1\r\nVA 1 kc O2\r\n3\r\nMN\r\n")
+            .await
+            .unwrap();
+        let Reply::Quiet {
+            replies,
+            server_error,
+        } = call.await.unwrap().unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(server_error, None);
+        let hits: Vec<usize> = replies.iter().map(|(i, _)| *i).collect();
+        assert_eq!(hits, vec![0, 2]);
+        // Out of order within a batch is refused.
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let c = conn.clone();
+        let call = tokio::spawn(async move {
+            let keys: Vec<Key> = ["a", "b"].iter().map(|k| key(k)).collect();
+            let req = Request {
+                encode: |buf: &mut BytesMut, _| meta::encode_noop(buf),
+                tokens: 2,
+                expect: Expect::Quiet(keys),
+                max_value: 1 << 20,
+                budget: None,
+            };
+            c.request(req, T).await
+        });
+        read_some(&mut peer).await;
+        peer.write_all(b"HD kb O1\r\nHD ka O0\r\nMN\r\n")
+            .await
+            .unwrap();
+        assert!(call.await.unwrap().is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_timeout_closes_the_connection_and_fails_the_rest() {
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let c = conn.clone();
+        let slow =
+            tokio::spawn(async move { c.request(get("a"), Duration::from_millis(100)).await });
+        let c = conn.clone();
+        let other = tokio::spawn(async move { c.request(get("b"), T).await });
+        let _ = read_some(&mut peer).await;
+        assert!(matches!(slow.await.unwrap(), Err(ConnError::Timeout(_))));
+        assert!(matches!(other.await.unwrap(), Err(ConnError::Closed)));
+        assert!(conn.is_closed());
+        // A reply that arrives late reaches nobody.
+        let _ = peer.write_all(b"VA 1 ka O0\r\nx\r\n").await;
+        assert!(conn.request(get("a"), T).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_caller_leaves_the_stream_in_step() {
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let c = conn.clone();
+        let cancelled = tokio::spawn(async move { c.request(get("a"), T).await });
+        read_some(&mut peer).await;
+        cancelled.abort();
+        let _ = cancelled.await;
+        let c = conn.clone();
+        let next = tokio::spawn(async move { c.request(get("b"), T).await });
+        read_some(&mut peer).await;
+        peer.write_all(b"VA 3 ka O0\r\nold\r\nVA 3 kb O1\r\nnew\r\n")
+            .await
+            .unwrap();
+        let Reply::Meta(r) = next.await.unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.value.as_deref(), Some(&b"new"[..]));
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn values_over_the_budget_are_dropped_and_the_call_fails() {
+        let server = crate::store::budget::ByteBudget::new(1 << 20);
+        let budget = Arc::new(server.reserve(4));
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let c = conn.clone();
+        let b = budget.clone();
+        let call = tokio::spawn(async move {
+            let keys: Vec<Key> = ["a", "b"].iter().map(|k| key(k)).collect();
+            let req = Request {
+                encode: |buf: &mut BytesMut, _| meta::encode_noop(buf),
+                tokens: 2,
+                expect: Expect::Quiet(keys),
+                max_value: 1 << 20,
+                budget: Some(b),
+            };
+            c.request(req, T).await
+        });
+        read_some(&mut peer).await;
+        peer.write_all(b"VA 3 ka O0\r\nabc\r\nVA 3 kb O1\r\ndef\r\nMN\r\n")
+            .await
+            .unwrap();
+        let err = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, ConnError::Budget(Overflow::Call { .. })),
+            "{err:?}"
+        );
+        assert_eq!(budget.held(), 3, "the second value was not kept");
+        assert!(!conn.is_closed(), "the connection stays in step");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_socket_hands_writes_to_the_writer_task() {
+        // 8 MiB of commands cannot be written at once; nothing is lost.
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let big = vec![b'x'; 8 << 20];
+        let c = conn.clone();
+        let call = tokio::spawn(async move {
+            let k = key("big");
+            let req = Request {
+                encode: move |buf: &mut BytesMut, t| {
+                    meta::encode_set(buf, "big", 0, &big, t, false)
+                },
+                tokens: 1,
+                expect: Expect::One(k),
+                max_value: 1 << 20,
+                budget: None,
+            };
+            c.request(req, T).await
+        });
+        let mut got = 0usize;
+        let mut b = vec![0; 1 << 16];
+        let want = "ms big 8388608 T0 k O0\r\n".len() + (8 << 20) + 2;
+        while got < want {
+            got += peer.read(&mut b).await.unwrap();
+        }
+        assert_eq!(got, want);
+        peer.write_all(b"HD kbig O0\r\n").await.unwrap();
+        assert!(call.await.unwrap().is_ok());
     }
 }

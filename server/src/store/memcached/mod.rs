@@ -1,16 +1,21 @@
 //! The sharded memcached store: each key lives on the one server the ring
 //! picks for it.
 //!
-//! Single-key calls are one command on one shard. Batch calls group keys by
-//! shard and send one multi-key `get` per shard (in chunks, pipelined), so a
-//! batch costs a round trip per shard rather than per key; a shard that
-//! fails only fails its own keys. List fans `lru_crawler metadump all` out
+//! Single-key calls are one meta command on one shard; concurrent Gets of
+//! the same key share one read ([`singleflight`]). Batch calls drop
+//! duplicate keys, group the rest by shard and send each group as
+//! pipelined quiet commands closed by one `mn` (in chunks), so a batch
+//! costs a round trip per shard rather than per key, and a shard that
+//! fails only fails its own keys. Servers without the meta protocol get
+//! the text protocol's equivalents. List fans `lru_crawler metadump` out
 //! to every shard.
 
 pub mod connection;
+pub mod meta;
 pub mod protocol;
 pub mod ring;
 pub mod shard;
+pub mod singleflight;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,16 +25,21 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::join_all;
 
-use self::protocol::{Decoder, DumpWalk, Reply};
+use self::connection::{Expect, MetaReply, Mode, Reply, Request};
+use self::meta::Code;
+use self::protocol::{Decoder, DumpWalk};
 use self::ring::{Ring, ShardSpec};
-use self::shard::{PoolSettings, Shard};
+use self::shard::{Lane, PoolSettings, Shard};
+use self::singleflight::Flights;
+use super::budget::Reservation;
 use super::{Item, Reachability, Store};
 use crate::error::Error;
 use crate::key::Key;
 
-/// Keys per `get` command; bigger batches are split and pipelined.
-const GET_CHUNK: usize = 100;
-/// Writes in flight at once for one batch.
+/// Keys per pipelined batch on one connection; bigger groups are split
+/// and sent concurrently.
+const BATCH_CHUNK: usize = 100;
+/// Writes in flight at once for one batch on a text-protocol server.
 const WRITE_CONCURRENCY: usize = 256;
 /// How long List keeps retrying a shard whose crawler is busy (memcached
 /// runs one crawl at a time, and crawls on its own to reclaim expired
@@ -40,6 +50,8 @@ const LIST_BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
 /// A key dump can be long; it gets this many times the normal timeout.
 const LIST_TIMEOUT_FACTOR: u32 = 10;
 
+type GetOutcome = Result<Option<Bytes>, Error>;
+
 /// A pool of memcached servers behind a consistent-hash ring.
 #[derive(Debug)]
 pub struct ShardedStore {
@@ -48,6 +60,7 @@ pub struct ShardedStore {
     max_value_bytes: usize,
     list_timeout: Duration,
     on_down: OnShardDown,
+    flights: Flights<GetOutcome>,
 }
 
 /// What happens to the keys of a shard that is marked down.
@@ -86,6 +99,7 @@ impl ShardedStore {
             max_value_bytes,
             list_timeout,
             on_down,
+            flights: Flights::default(),
         }
     }
 
@@ -107,13 +121,322 @@ impl ShardedStore {
         &self.shards[self.route(key)]
     }
 
-    /// One `get` of distinct `keys` on `shard`.
-    async fn get_chunk(shard: &Shard, keys: Vec<String>) -> Result<Vec<(String, Bytes)>, Error> {
-        let mut cmd = BytesMut::new();
-        protocol::encode_get(&mut cmd, &keys);
-        let decoder = Decoder::get(keys, shard.max_reply_value());
-        match shard.request(cmd.freeze(), decoder).await? {
-            Reply::Values(values) => Ok(values),
+    /// Reads one key from its shard.
+    async fn read_one(&self, key: &Key, budget: &Arc<Reservation>) -> GetOutcome {
+        let shard = self.shard_for(key.as_str());
+        let conn = shard.connection(Lane::Single).await?;
+        let max_value = shard.max_reply_value();
+        let budget = Some(budget.clone());
+        let reply = match conn.mode() {
+            Mode::Meta => {
+                let req = Request {
+                    encode: |buf: &mut BytesMut, token| {
+                        meta::encode_get(buf, key.as_str(), token, false)
+                    },
+                    tokens: 1,
+                    expect: Expect::One(key.clone()),
+                    max_value,
+                    budget,
+                };
+                shard.call(&conn, req).await?
+            }
+            Mode::Text => {
+                let req = Request {
+                    encode: |buf: &mut BytesMut, _| protocol::encode_get(buf, &[key.as_str()]),
+                    tokens: 1,
+                    expect: Expect::Text(Decoder::get(vec![key.to_string()], max_value)),
+                    max_value,
+                    budget,
+                };
+                shard.call(&conn, req).await?
+            }
+        };
+        match reply {
+            Reply::Meta(MetaReply {
+                code: Code::Value,
+                value,
+                ..
+            }) => Ok(value),
+            Reply::Meta(MetaReply {
+                code: Code::Miss, ..
+            }) => Ok(None),
+            Reply::Text(protocol::Reply::Values(values)) => {
+                Ok(values.into_iter().next().map(|(_, v)| v))
+            }
+            other => Err(unexpected(shard, other)),
+        }
+    }
+
+    /// Reads distinct `keys` of one shard as one pipelined batch; one
+    /// outcome per key, in order.
+    async fn read_group(
+        shard: &Shard,
+        keys: Vec<Key>,
+        budget: &Arc<Reservation>,
+    ) -> Result<Vec<GetOutcome>, Error> {
+        let conn = shard.connection(Lane::Bulk).await?;
+        let max_value = shard.max_reply_value();
+        let budget = Some(budget.clone());
+        match conn.mode() {
+            Mode::Meta => {
+                let encode = |buf: &mut BytesMut, token: u32| {
+                    for (i, k) in keys.iter().enumerate() {
+                        meta::encode_get(buf, k.as_str(), token.wrapping_add(i as u32), true);
+                    }
+                    meta::encode_noop(buf);
+                };
+                let mut out = vec![Ok(None); keys.len()];
+                let req = Request {
+                    encode,
+                    tokens: keys.len() as u32,
+                    expect: Expect::Quiet(keys.clone()),
+                    max_value,
+                    budget,
+                };
+                let Reply::Quiet {
+                    replies,
+                    server_error,
+                } = shard.call(&conn, req).await?
+                else {
+                    unreachable!("a quiet batch gets a quiet reply")
+                };
+                if let Some(message) = server_error {
+                    // It names no key: every key without a value failed.
+                    let err = Error::ShardError {
+                        addr: shard.addr().to_owned(),
+                        message,
+                    };
+                    out.fill(Err(err));
+                }
+                for (i, r) in replies {
+                    out[i] = match r {
+                        MetaReply {
+                            code: Code::Value,
+                            value,
+                            ..
+                        } => Ok(value),
+                        other => Err(unexpected(shard, Reply::Meta(other))),
+                    };
+                }
+                Ok(out)
+            }
+            Mode::Text => {
+                let names: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+                let req = Request {
+                    encode: |buf: &mut BytesMut, _| protocol::encode_get(buf, &names),
+                    tokens: 1,
+                    expect: Expect::Text(Decoder::get(names.clone(), max_value)),
+                    max_value,
+                    budget,
+                };
+                match shard.call(&conn, req).await? {
+                    Reply::Text(protocol::Reply::Values(values)) => {
+                        let mut found: HashMap<String, Bytes> = values.into_iter().collect();
+                        Ok(names.iter().map(|k| Ok(found.remove(k))).collect())
+                    }
+                    other => Err(unexpected(shard, other)),
+                }
+            }
+        }
+    }
+
+    /// Writes or deletes items of one shard as one pipelined quiet batch
+    /// (meta servers only); one outcome per item, in order: `Ok(true)`
+    /// done, `Ok(false)` not found (deletes).
+    async fn write_group(shard: &Shard, op: WriteGroup) -> Result<Vec<Result<bool, Error>>, Error> {
+        let conn = shard.connection(Lane::Bulk).await?;
+        let keys = op.keys();
+        let n = keys.len();
+        let now = SystemTime::now();
+        let encode = |buf: &mut BytesMut, token: u32| {
+            match &op {
+                WriteGroup::Set(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let exptime = item.ttl.memcached_exptime(now);
+                        let token = token.wrapping_add(i as u32);
+                        meta::encode_set(buf, item.key.as_str(), exptime, &item.value, token, true);
+                    }
+                }
+                WriteGroup::Delete(keys) => {
+                    for (i, k) in keys.iter().enumerate() {
+                        meta::encode_delete(buf, k.as_str(), token.wrapping_add(i as u32), true);
+                    }
+                }
+            }
+            meta::encode_noop(buf);
+        };
+        let req = Request {
+            encode,
+            tokens: n as u32,
+            expect: Expect::Quiet(keys),
+            max_value: 0,
+            budget: None,
+        };
+        let Reply::Quiet {
+            replies,
+            server_error,
+        } = shard.call(&conn, req).await?
+        else {
+            unreachable!("a quiet batch gets a quiet reply")
+        };
+        // Quiet mode answers only what did not succeed.
+        let mut out: Vec<Result<bool, Error>> = match server_error {
+            Some(message) => vec![
+                Err(Error::ShardError {
+                    addr: shard.addr().to_owned(),
+                    message: format!("{message} (the outcome for this key is unknown; retry it)"),
+                });
+                n
+            ],
+            None => vec![Ok(true); n],
+        };
+        let deleting = matches!(op, WriteGroup::Delete(_));
+        for (i, r) in replies {
+            out[i] = match r.code {
+                Code::NotFound if deleting => Ok(false),
+                Code::Done => Ok(true),
+                Code::NotStored => Err(Error::ShardError {
+                    addr: shard.addr().to_owned(),
+                    message: "NOT_STORED".into(),
+                }),
+                _ => Err(unexpected(shard, Reply::Meta(r))),
+            };
+        }
+        Ok(out)
+    }
+
+    /// Runs writes or deletes through [`Self::write_group`] per shard and
+    /// chunk, or one by one on text-protocol servers.
+    async fn write_many(&self, op: WriteGroup) -> Vec<Result<bool, Error>> {
+        let n = op.len();
+        let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+        for i in 0..n {
+            groups
+                .entry(self.route(op.key(i).as_str()))
+                .or_default()
+                .push(i);
+        }
+        let mut out: Vec<Option<Result<bool, Error>>> = vec![None; n];
+        let mut requests = Vec::new();
+        for (shard_index, indexes) in groups {
+            let shard = &self.shards[shard_index];
+            for chunk in indexes.chunks(BATCH_CHUNK) {
+                let part = op.select(chunk);
+                let chunk = chunk.to_vec();
+                requests.push(async move {
+                    let outcome = match shard.connection(Lane::Bulk).await {
+                        Ok(conn) if conn.mode() == Mode::Meta => {
+                            Self::write_group(shard, part).await
+                        }
+                        Ok(_) => Ok(Self::write_each(shard, part).await),
+                        Err(e) => Err(e),
+                    };
+                    (chunk, outcome)
+                });
+            }
+        }
+        for (chunk, outcome) in join_all(requests).await {
+            match outcome {
+                Ok(results) => {
+                    for (i, r) in chunk.into_iter().zip(results) {
+                        out[i] = Some(r);
+                    }
+                }
+                Err(e) => {
+                    for i in chunk {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every item has an outcome"))
+            .collect()
+    }
+
+    /// Text-protocol servers take one request at a time per connection.
+    async fn write_each(shard: &Shard, op: WriteGroup) -> Vec<Result<bool, Error>> {
+        let ops: Vec<_> = match op {
+            WriteGroup::Set(items) => items.into_iter().map(WriteGroup::one_set).collect(),
+            WriteGroup::Delete(keys) => keys.into_iter().map(WriteGroup::one_delete).collect(),
+        };
+        futures::stream::iter(ops)
+            .map(|op| async move { Self::write_one(shard, op).await })
+            .buffered(WRITE_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    /// One write or delete, in whichever protocol the shard speaks.
+    async fn write_one(shard: &Shard, op: WriteGroup) -> Result<bool, Error> {
+        let conn = shard.connection(Lane::Single).await?;
+        let key = op.key(0).clone();
+        let reply = match (conn.mode(), &op) {
+            (Mode::Meta, WriteGroup::Set(items)) => {
+                let item = &items[0];
+                let exptime = item.ttl.memcached_exptime(SystemTime::now());
+                let req = Request {
+                    encode: |buf: &mut BytesMut, token| {
+                        meta::encode_set(buf, key.as_str(), exptime, &item.value, token, false)
+                    },
+                    tokens: 1,
+                    expect: Expect::One(key.clone()),
+                    max_value: 0,
+                    budget: None,
+                };
+                shard.call(&conn, req).await?
+            }
+            (Mode::Meta, WriteGroup::Delete(_)) => {
+                let req = Request {
+                    encode: |buf: &mut BytesMut, token| {
+                        meta::encode_delete(buf, key.as_str(), token, false)
+                    },
+                    tokens: 1,
+                    expect: Expect::One(key.clone()),
+                    max_value: 0,
+                    budget: None,
+                };
+                shard.call(&conn, req).await?
+            }
+            (Mode::Text, WriteGroup::Set(items)) => {
+                let item = &items[0];
+                let exptime = item.ttl.memcached_exptime(SystemTime::now());
+                let req = Request {
+                    encode: |buf: &mut BytesMut, _| {
+                        protocol::encode_set(buf, key.as_str(), exptime, &item.value)
+                    },
+                    tokens: 1,
+                    expect: Expect::Text(Decoder::store()),
+                    max_value: 0,
+                    budget: None,
+                };
+                shard.call(&conn, req).await?
+            }
+            (Mode::Text, WriteGroup::Delete(_)) => {
+                let req = Request {
+                    encode: |buf: &mut BytesMut, _| protocol::encode_delete(buf, key.as_str()),
+                    tokens: 1,
+                    expect: Expect::Text(Decoder::delete()),
+                    max_value: 0,
+                    budget: None,
+                };
+                shard.call(&conn, req).await?
+            }
+        };
+        match reply {
+            Reply::Meta(MetaReply {
+                code: Code::Done, ..
+            })
+            | Reply::Text(protocol::Reply::Stored | protocol::Reply::Deleted) => Ok(true),
+            Reply::Meta(MetaReply {
+                code: Code::NotFound,
+                ..
+            })
+            | Reply::Text(protocol::Reply::NotFound)
+                if matches!(op, WriteGroup::Delete(_)) =>
+            {
+                Ok(false)
+            }
             other => Err(unexpected(shard, other)),
         }
     }
@@ -156,12 +479,12 @@ impl ShardedStore {
                 .request_alone(cmd.freeze(), decoder, self.list_timeout)
                 .await?
             {
-                Reply::Keys(keys) => return Ok(keys),
-                Reply::Busy(_) => {
+                protocol::Reply::Keys(keys) => return Ok(keys),
+                protocol::Reply::Busy(_) => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(LIST_BUSY_BACKOFF_MAX);
                 }
-                other => return Err(unexpected(shard, other)),
+                other => return Err(unexpected(shard, Reply::Text(other))),
             }
         }
         Err(Error::ListBusy {
@@ -172,8 +495,12 @@ impl ShardedStore {
 
 fn unexpected(shard: &Shard, reply: Reply) -> Error {
     let message = match reply {
-        Reply::ServerError(m) => m,
-        Reply::NotStored => "NOT_STORED".to_owned(),
+        Reply::ServerError(m) | Reply::Text(protocol::Reply::ServerError(m)) => m,
+        Reply::Text(protocol::Reply::NotStored)
+        | Reply::Meta(MetaReply {
+            code: Code::NotStored,
+            ..
+        }) => "NOT_STORED".to_owned(),
         other => format!("unexpected reply {other:?}"),
     };
     Error::ShardError {
@@ -182,86 +509,142 @@ fn unexpected(shard: &Shard, reply: Reply) -> Error {
     }
 }
 
+/// Writes or deletes for one shard.
+#[derive(Debug)]
+enum WriteGroup {
+    Set(Vec<Item>),
+    Delete(Vec<Key>),
+}
+
+impl WriteGroup {
+    fn len(&self) -> usize {
+        match self {
+            WriteGroup::Set(items) => items.len(),
+            WriteGroup::Delete(keys) => keys.len(),
+        }
+    }
+
+    fn key(&self, i: usize) -> &Key {
+        match self {
+            WriteGroup::Set(items) => &items[i].key,
+            WriteGroup::Delete(keys) => &keys[i],
+        }
+    }
+
+    fn keys(&self) -> Vec<Key> {
+        (0..self.len()).map(|i| self.key(i).clone()).collect()
+    }
+
+    /// The items at `indexes` (values are shared, not copied).
+    fn select(&self, indexes: &[usize]) -> WriteGroup {
+        match self {
+            WriteGroup::Set(items) => {
+                WriteGroup::Set(indexes.iter().map(|&i| items[i].clone()).collect())
+            }
+            WriteGroup::Delete(keys) => {
+                WriteGroup::Delete(indexes.iter().map(|&i| keys[i].clone()).collect())
+            }
+        }
+    }
+
+    fn one_set(item: Item) -> WriteGroup {
+        WriteGroup::Set(vec![item])
+    }
+
+    fn one_delete(key: Key) -> WriteGroup {
+        WriteGroup::Delete(vec![key])
+    }
+}
+
 impl Store for ShardedStore {
-    async fn get(&self, key: &Key) -> Result<Option<Bytes>, Error> {
-        let shard = self.shard_for(key.as_str());
-        let values = Self::get_chunk(shard, vec![key.to_string()]).await?;
-        Ok(values.into_iter().next().map(|(_, v)| v))
+    async fn get(&self, key: &Key, budget: &Arc<Reservation>) -> GetOutcome {
+        let (value, _joined) = self.flights.run(key, || self.read_one(key, budget)).await;
+        value
     }
 
     async fn set(&self, item: Item) -> Result<(), Error> {
+        self.flights.forget(&item.key);
         let shard = self.shard_for(item.key.as_str());
-        let mut cmd = BytesMut::new();
-        let exptime = item.ttl.memcached_exptime(SystemTime::now());
-        protocol::encode_set(&mut cmd, item.key.as_str(), exptime, &item.value);
-        match shard.request(cmd.freeze(), Decoder::store()).await? {
-            Reply::Stored => Ok(()),
-            other => Err(unexpected(shard, other)),
-        }
+        Self::write_one(shard, WriteGroup::one_set(item))
+            .await
+            .map(|_| ())
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, Error> {
+        self.flights.forget(key);
         let shard = self.shard_for(key.as_str());
-        let mut cmd = BytesMut::new();
-        protocol::encode_delete(&mut cmd, key.as_str());
-        match shard.request(cmd.freeze(), Decoder::delete()).await? {
-            Reply::Deleted => Ok(true),
-            Reply::NotFound => Ok(false),
-            other => Err(unexpected(shard, other)),
-        }
+        Self::write_one(shard, WriteGroup::one_delete(key.clone())).await
     }
 
-    async fn get_many(&self, keys: &[Key]) -> Vec<Result<Option<Bytes>, Error>> {
-        let routes: Vec<usize> = keys.iter().map(|k| self.route(k.as_str())).collect();
+    async fn get_many(
+        &self,
+        keys: &[Key],
+        budget: &Arc<Reservation>,
+    ) -> Result<Vec<GetOutcome>, Error> {
+        // Each distinct key is read once, however often it is asked for.
+        let mut slot_of: HashMap<&Key, usize> = HashMap::with_capacity(keys.len());
         let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
-        for (i, &shard) in routes.iter().enumerate() {
-            groups.entry(shard).or_default().push(i);
-        }
+        let mut distinct: Vec<&Key> = Vec::with_capacity(keys.len());
+        let slots: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                *slot_of.entry(k).or_insert_with(|| {
+                    distinct.push(k);
+                    let slot = distinct.len() - 1;
+                    groups.entry(self.route(k.as_str())).or_default().push(slot);
+                    slot
+                })
+            })
+            .collect();
         let mut requests = Vec::new();
-        for (shard_index, indexes) in groups {
+        for (shard_index, group) in groups {
             let shard = &self.shards[shard_index];
-            // memcached answers a repeated key twice; ask for each once.
-            let mut distinct: Vec<String> = indexes.iter().map(|&i| keys[i].to_string()).collect();
-            distinct.sort_unstable();
-            distinct.dedup();
-            for chunk in distinct.chunks(GET_CHUNK) {
+            for chunk in group.chunks(BATCH_CHUNK) {
+                let chunk_keys: Vec<Key> = chunk.iter().map(|&s| distinct[s].clone()).collect();
                 let chunk = chunk.to_vec();
-                requests.push(async move { (shard_index, Self::get_chunk(shard, chunk).await) });
+                requests.push(
+                    async move { (chunk, Self::read_group(shard, chunk_keys, budget).await) },
+                );
             }
         }
-        let mut found: HashMap<String, Bytes> = HashMap::new();
-        let mut failed: HashMap<usize, Error> = HashMap::new();
-        for (shard_index, outcome) in join_all(requests).await {
+        let mut found: Vec<GetOutcome> = vec![Ok(None); distinct.len()];
+        for (chunk, outcome) in join_all(requests).await {
             match outcome {
-                Ok(values) => found.extend(values),
+                Ok(values) => {
+                    for (slot, v) in chunk.into_iter().zip(values) {
+                        found[slot] = v;
+                    }
+                }
+                // The call outgrew its byte budget: it fails as a whole.
+                Err(e @ (Error::ResponseTooLarge { .. } | Error::Overloaded { .. })) => {
+                    return Err(e);
+                }
                 Err(e) => {
-                    failed.entry(shard_index).or_insert(e);
+                    for slot in chunk {
+                        found[slot] = Err(e.clone());
+                    }
                 }
             }
         }
-        keys.iter()
-            .zip(routes)
-            .map(|(k, shard)| match failed.get(&shard) {
-                Some(e) => Err(e.clone()),
-                None => Ok(found.get(k.as_str()).cloned()),
-            })
-            .collect()
+        Ok(slots.into_iter().map(|s| found[s].clone()).collect())
     }
 
     async fn set_many(&self, items: Vec<Item>) -> Vec<Result<(), Error>> {
-        futures::stream::iter(items)
-            .map(|item| self.set(item))
-            .buffered(WRITE_CONCURRENCY)
-            .collect()
+        for item in &items {
+            self.flights.forget(&item.key);
+        }
+        self.write_many(WriteGroup::Set(items))
             .await
+            .into_iter()
+            .map(|r| r.map(|_| ()))
+            .collect()
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Vec<Result<bool, Error>> {
-        futures::stream::iter(keys.to_vec())
-            .map(|key| async move { self.delete(&key).await })
-            .buffered(WRITE_CONCURRENCY)
-            .collect()
-            .await
+        for key in keys {
+            self.flights.forget(key);
+        }
+        self.write_many(WriteGroup::Delete(keys.to_vec())).await
     }
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>, Error> {

@@ -46,6 +46,10 @@ pub enum ProtocolError {
     /// Value data not followed by `\r\n`.
     #[error("value data is not terminated by CRLF")]
     BadDataTerminator,
+    /// A reply that does not answer the request it was matched with: the
+    /// wrong token or key, or a reply where none was awaited.
+    #[error("reply does not match its request: {0}")]
+    Mismatch(String),
     /// `ERROR` or `CLIENT_ERROR`: memcached did not understand the command.
     /// After these, the stream position is not trustworthy.
     #[error("memcached rejected the command: {0}")]
@@ -392,14 +396,16 @@ impl Metadump {
 }
 
 #[derive(Clone, Copy)]
-enum Terminator {
+pub(crate) enum Terminator {
+    /// `\r\n`, as every reply line but metadump entries.
     CrLf,
+    /// `\n`.
     Lf,
 }
 
 /// Length of the first line in `buf` without its terminator, or `None` if
 /// it is not complete yet.
-fn find_line(buf: &[u8], term: Terminator) -> Result<Option<usize>, ProtocolError> {
+pub(crate) fn find_line(buf: &[u8], term: Terminator) -> Result<Option<usize>, ProtocolError> {
     let window = &buf[..buf.len().min(MAX_LINE_LEN + 2)];
     let found = match term {
         Terminator::CrLf => window.windows(2).position(|w| w == b"\r\n"),

@@ -1,19 +1,31 @@
 //! One memcached server: its connections and what it can store.
 //!
-//! A shard keeps a fixed number of pipelined [`Connection`]s, opened lazily
-//! and replaced as soon as one fails. Requests spread over them round-robin;
-//! each carries many requests at once, so the pool size is about spreading
-//! load over the server's worker threads, not about concurrency.
+//! A shard keeps pipelined [`Connection`]s in three lanes: single-key calls
+//! spread round-robin over `conns_per_shard` connections, batches over as
+//! many of their own (so a batch of large values never holds up the small
+//! reads queued behind it), and the health probe has one to itself (so a
+//! shard that answers is never reported down because its connections are
+//! busy). Connections open lazily; a connect is single-flight (every caller
+//! waiting for a slot shares one attempt and its outcome) and bounded by
+//! `connect_timeout`, so no call waits longer than `connect_timeout` +
+//! `timeout` whatever the server does.
+//!
+//! Each connect first asks `mn`: memcached >= 1.6 answers `MN` and gets the
+//! meta protocol; a server that answers `ERROR` (or hangs up, as twemproxy
+//! does) gets the text protocol, logged once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
 
-use super::connection::{ConnError, Connection};
-use super::protocol::{self, Decoder, Reply};
+use super::connection::{ConnError, Connection, Expect, Mode, Reply, Request};
+use super::protocol::{self, Decoder};
 use crate::error::Error;
 
 /// memcached's default `-I` (item_size_max), assumed until a shard tells us.
@@ -29,9 +41,10 @@ pub const ITEM_OVERHEAD: usize = 64;
 pub struct PoolSettings {
     /// Longest wait for any one reply.
     pub timeout: Duration,
-    /// Longest wait for a TCP connection.
+    /// Longest wait for a TCP connection (and the protocol handshake).
     pub connect_timeout: Duration,
-    /// Pipelined connections kept open per shard.
+    /// Pipelined connections kept open per shard for single-key calls (and
+    /// as many again for batches).
     pub conns_per_shard: usize,
     /// TCP keepalive idle time on backend connections (`None`: off).
     pub keepalive: Option<Duration>,
@@ -40,6 +53,15 @@ pub struct PoolSettings {
     /// While down, calls fail fast; after this long one call is let through
     /// as a trial (the health probe also brings a shard back).
     pub retry_timeout: Duration,
+}
+
+/// Which connections a call uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Single-key calls: short replies.
+    Single,
+    /// Batches: replies as long as the batch.
+    Bulk,
 }
 
 /// Failure tracking for one shard (cf. twemproxy's `auto_eject_hosts`,
@@ -54,37 +76,77 @@ struct Ejection {
     last_trial: Option<Instant>,
 }
 
+type Connect = Shared<BoxFuture<'static, Result<Connection, Error>>>;
+
+/// One connection of a lane: open, being opened, or neither.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Empty,
+    /// An attempt every caller for this slot shares; `u64` tells attempts
+    /// apart, so a late finisher cannot overwrite a newer one.
+    Connecting(u64, Connect),
+    Ready(Connection),
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Slot")
+    }
+}
+
+/// What a shard has learned about its server's protocol.
+const MODE_UNKNOWN: u8 = 0;
+const MODE_META: u8 = 1;
+const MODE_TEXT: u8 = 2;
+
 /// One memcached server of the pool.
 #[derive(Debug)]
 pub struct Shard {
     addr: String,
     settings: PoolSettings,
-    conns: Vec<Mutex<Option<Connection>>>,
+    single: Vec<Slot>,
+    bulk: Vec<Slot>,
+    probe: Slot,
     next: AtomicUsize,
+    attempts: AtomicU64,
+    /// `MODE_*`: what the last handshake found.
+    mode: Arc<AtomicU8>,
     /// `item_size_max` learned from `stats settings`; 0 until known.
     item_size_max: AtomicUsize,
-    ejection: std::sync::Mutex<Ejection>,
+    /// Mirrors `ejection.down_since.is_some()`, so the common case (up)
+    /// costs one atomic load instead of a lock.
+    down: AtomicBool,
+    ejection: Mutex<Ejection>,
 }
 
 impl Shard {
     /// A shard at `addr` (nothing is connected yet).
     pub fn new(addr: String, settings: PoolSettings) -> Shard {
-        let conns = (0..settings.conns_per_shard.max(1))
-            .map(|_| Mutex::new(None))
-            .collect();
+        let lane = |n: usize| (0..n.max(1)).map(|_| Slot::default()).collect();
         Shard {
             addr,
+            single: lane(settings.conns_per_shard),
+            bulk: lane(settings.conns_per_shard),
             settings,
-            conns,
+            probe: Slot::default(),
             next: AtomicUsize::new(0),
+            attempts: AtomicU64::new(0),
+            mode: Arc::new(AtomicU8::new(MODE_UNKNOWN)),
             item_size_max: AtomicUsize::new(0),
-            ejection: std::sync::Mutex::new(Ejection::default()),
+            down: AtomicBool::new(false),
+            ejection: Mutex::new(Ejection::default()),
         }
     }
 
     /// True while the shard is marked down.
     pub fn is_down(&self) -> bool {
-        self.ejection().down_since.is_some()
+        self.down.load(Ordering::Relaxed)
     }
 
     fn ejection(&self) -> std::sync::MutexGuard<'_, Ejection> {
@@ -96,6 +158,9 @@ impl Shard {
     /// Fails fast while the shard is down, except for one trial call per
     /// `retry_timeout`.
     fn admit(&self) -> Result<(), Error> {
+        if !self.is_down() {
+            return Ok(());
+        }
         let mut e = self.ejection();
         let Some(since) = e.down_since else {
             return Ok(());
@@ -118,11 +183,15 @@ impl Shard {
     /// the count as it is.
     fn record(&self, outcome: Option<bool>) {
         let Some(ok) = outcome else { return };
+        if ok && !self.is_down() && self.ejection().consecutive_failures == 0 {
+            return;
+        }
         let mut e = self.ejection();
         if ok {
             e.consecutive_failures = 0;
             if let Some(since) = e.down_since.take() {
                 e.last_trial = None;
+                self.down.store(false, Ordering::Relaxed);
                 tracing::info!(shard = %self.addr, down_for = ?since.elapsed(), "shard is back up");
             }
             return;
@@ -130,6 +199,7 @@ impl Shard {
         e.consecutive_failures = e.consecutive_failures.saturating_add(1);
         if e.down_since.is_none() && e.consecutive_failures >= self.settings.failure_limit {
             e.down_since = Some(Instant::now());
+            self.down.store(true, Ordering::Relaxed);
             tracing::warn!(
                 shard = %self.addr,
                 failures = e.consecutive_failures,
@@ -163,24 +233,30 @@ impl Shard {
         self.item_size_max().unwrap_or(DEFAULT_ITEM_SIZE_MAX)
     }
 
-    /// Sends one command on a pooled connection and waits for its reply;
-    /// fails fast while the shard is marked down.
-    pub async fn request(&self, bytes: Bytes, decoder: Decoder) -> Result<Reply, Error> {
-        self.admit()?;
-        self.send(bytes, decoder).await
+    /// The reply timeout.
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
     }
 
-    /// Like [`Shard::request`], but also while the shard is down: the
-    /// health probe uses it to find out when the shard is back.
-    async fn send(&self, bytes: Bytes, decoder: Decoder) -> Result<Reply, Error> {
-        let conn = match self.connection().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                self.record(Some(false));
-                return Err(e);
-            }
+    /// A live connection of `lane`, for a call about to be made; fails fast
+    /// while the shard is marked down.
+    pub async fn connection(&self, lane: Lane) -> Result<Connection, Error> {
+        self.admit()?;
+        let slots = match lane {
+            Lane::Single => &self.single,
+            Lane::Bulk => &self.bulk,
         };
-        match conn.request(bytes, decoder, self.settings.timeout).await {
+        let slot = &slots[self.next.fetch_add(1, Ordering::Relaxed) % slots.len()];
+        self.slot_connection(slot).await
+    }
+
+    /// Sends `req` on `conn` (from [`Shard::connection`]) and waits for the
+    /// reply, counting the outcome toward ejection.
+    pub async fn call<E>(&self, conn: &Connection, req: Request<E>) -> Result<Reply, Error>
+    where
+        E: FnOnce(&mut BytesMut, u32),
+    {
+        match conn.request(req, self.settings.timeout).await {
             Ok(reply) => {
                 self.record(Some(true));
                 Ok(reply)
@@ -188,39 +264,118 @@ impl Shard {
             Err(e) => {
                 tracing::debug!(shard = %self.addr, error = %e, "memcached call failed");
                 // Requests that only shared a connection with the one that
-                // failed are collateral: one failure must not count as many
-                // and eject a shard that hiccuped once.
-                self.record((!matches!(e, ConnError::Closed)).then_some(false));
+                // failed are collateral, and a byte budget is memgate's own
+                // limit: neither counts against the shard.
+                let counts = !matches!(e, ConnError::Closed | ConnError::Budget(_));
+                self.record(counts.then_some(false));
                 Err(self.conn_error(e))
             }
         }
     }
 
-    /// Sends one command on a connection of its own, closed afterwards: for
-    /// long replies (key dumps) that must not hold up pooled traffic.
-    pub async fn request_alone(
-        &self,
-        bytes: Bytes,
-        decoder: Decoder,
-        timeout: Duration,
-    ) -> Result<Reply, Error> {
-        self.admit()?;
-        let conn = Connection::new(self.connect().await?);
-        let reply = conn.request(bytes, decoder, timeout).await;
-        conn.close();
-        reply.map_err(|e| self.conn_error(e))
+    /// The connection of `slot`, opening it (once, for all who wait) if it
+    /// is missing or broken.
+    async fn slot_connection(&self, slot: &Slot) -> Result<Connection, Error> {
+        let (attempt, connect) = {
+            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            match &*st {
+                SlotState::Ready(conn) if !conn.is_closed() => return Ok(conn.clone()),
+                SlotState::Connecting(attempt, connect) => (*attempt, connect.clone()),
+                _ => {
+                    let attempt = self.attempts.fetch_add(1, Ordering::Relaxed);
+                    let connect = self.open().boxed().shared();
+                    *st = SlotState::Connecting(attempt, connect.clone());
+                    (attempt, connect)
+                }
+            }
+        };
+        let result = connect.await;
+        let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(&*st, SlotState::Connecting(a, _) if *a == attempt) {
+            // The first waiter back settles the attempt; a failed connect
+            // counts once toward ejection, not once per waiter.
+            *st = match &result {
+                Ok(conn) => SlotState::Ready(conn.clone()),
+                Err(_) => SlotState::Empty,
+            };
+            drop(st);
+            if result.is_err() {
+                self.record(Some(false));
+            }
+        }
+        result
     }
 
-    /// Checks the shard answers (`version`, read-only) and learns its item
-    /// size limit the first time.
+    /// Opens a connection and finds out which protocol it speaks.
+    fn open(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Connection, Error>> + Send + 'static {
+        let addr = self.addr.clone();
+        let timeout = self.settings.connect_timeout;
+        let keepalive = self.settings.keepalive;
+        let known = self.mode.clone();
+        async move {
+            let unavailable = |reason: String| Error::ShardUnavailable {
+                addr: addr.clone(),
+                reason,
+            };
+            let opened = tokio::time::timeout(timeout, async {
+                let mut stream = connect(&addr, keepalive).await?;
+                if known.load(Ordering::Relaxed) == MODE_TEXT {
+                    return Ok((stream, Mode::Text));
+                }
+                match handshake(&mut stream).await? {
+                    Some(mode) => Ok((stream, mode)),
+                    // It hung up on `mn` (twemproxy does): the text protocol.
+                    None => Ok((connect(&addr, keepalive).await?, Mode::Text)),
+                }
+            })
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "no connection within {timeout:?} (--connect-timeout)"
+                ))
+            })?
+            .map_err(|e: HandshakeError| unavailable(e.to_string()))?;
+            let (stream, mode) = opened;
+            let learned = if mode == Mode::Meta {
+                MODE_META
+            } else {
+                MODE_TEXT
+            };
+            if known.swap(learned, Ordering::Relaxed) != learned && mode == Mode::Text {
+                tracing::warn!(
+                    shard = %addr,
+                    "server does not speak memcached's meta protocol (memcached >= 1.6); \
+                     using the text protocol, one request at a time per connection"
+                );
+            }
+            Ok(Connection::new(stream, mode))
+        }
+    }
+
+    /// Checks the shard answers (`version`, read-only, on a connection of
+    /// its own) and learns its item size limit the first time. Works while
+    /// the shard is down: that is how it comes back.
     pub async fn probe(&self) -> Result<(), Error> {
-        let mut cmd = BytesMut::new();
-        protocol::encode_version(&mut cmd);
-        self.send(cmd.freeze(), Decoder::version()).await?;
+        let conn = self.slot_connection(&self.probe).await?;
+        let text = |encode: fn(&mut BytesMut), decoder: Decoder| Request {
+            encode: move |buf: &mut BytesMut, _| encode(buf),
+            tokens: 1,
+            expect: Expect::Text(decoder),
+            max_value: 0,
+            budget: None,
+        };
+        self.call(&conn, text(protocol::encode_version, Decoder::version()))
+            .await?;
         if self.item_size_max().is_none() {
-            let mut cmd = BytesMut::new();
-            protocol::encode_stats_settings(&mut cmd);
-            if let Reply::Stats(stats) = self.send(cmd.freeze(), Decoder::stats()).await? {
+            let stats = self
+                .call(
+                    &conn,
+                    text(protocol::encode_stats_settings, Decoder::stats()),
+                )
+                .await?;
+            if let Reply::Text(protocol::Reply::Stats(stats)) = stats {
                 let learned = stats
                     .iter()
                     .find(|(name, _)| name == "item_size_max")
@@ -233,38 +388,44 @@ impl Shard {
         Ok(())
     }
 
-    /// A live pooled connection, opening one if its slot is empty or broken.
-    async fn connection(&self) -> Result<Connection, Error> {
-        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        // Callers for the same slot wait for one connect, not one each.
-        let mut guard = self.conns[slot].lock().await;
-        if let Some(conn) = guard.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(conn.clone());
-        }
-        *guard = None;
-        let conn = Connection::new(self.connect().await?);
-        *guard = Some(conn.clone());
-        Ok(conn)
-    }
-
-    async fn connect(&self) -> Result<TcpStream, Error> {
-        let timeout = self.settings.connect_timeout;
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(&self.addr))
+    /// Sends one text command on a connection of its own, closed
+    /// afterwards: for long replies (key dumps) that must not hold up
+    /// pooled traffic.
+    pub async fn request_alone(
+        &self,
+        bytes: Bytes,
+        decoder: Decoder,
+        timeout: Duration,
+    ) -> Result<protocol::Reply, Error> {
+        self.admit()?;
+        let connect_timeout = self.settings.connect_timeout;
+        let stream = tokio::time::timeout(connect_timeout, connect(&self.addr, None))
             .await
             .map_err(|_| Error::ShardUnavailable {
                 addr: self.addr.clone(),
-                reason: format!("connect timed out after {timeout:?}"),
+                reason: format!("no connection within {connect_timeout:?} (--connect-timeout)"),
             })?
             .map_err(|e| Error::ShardUnavailable {
                 addr: self.addr.clone(),
-                reason: format!("connect failed: {e}"),
+                reason: e.to_string(),
             })?;
-        if let Some(idle) = self.settings.keepalive {
-            let keepalive = socket2::TcpKeepalive::new().with_time(idle);
-            // Best effort: a platform without keepalive still works.
-            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let conn = Connection::new(stream, Mode::Text);
+        let req = Request {
+            encode: move |buf: &mut BytesMut, _| buf.extend_from_slice(&bytes),
+            tokens: 1,
+            expect: Expect::Text(decoder),
+            max_value: 0,
+            budget: None,
+        };
+        let reply = conn.request(req, timeout).await;
+        conn.close();
+        match reply.map_err(|e| self.conn_error(e))? {
+            Reply::Text(r) => Ok(r),
+            other => Err(Error::ShardError {
+                addr: self.addr.clone(),
+                message: format!("unexpected reply {other:?}"),
+            }),
         }
-        Ok(stream)
     }
 
     fn conn_error(&self, e: ConnError) -> Error {
@@ -275,11 +436,58 @@ impl Shard {
                 addr,
                 message: p.to_string(),
             },
+            ConnError::Budget(o) => o.into(),
             ConnError::Io(_) | ConnError::Closed => Error::ShardUnavailable {
                 addr,
                 reason: e.to_string(),
             },
         }
+    }
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server answered {0:?} to `mn`; is it memcached?")]
+    Unexpected(String),
+}
+
+async fn connect(addr: &str, keepalive: Option<Duration>) -> Result<TcpStream, std::io::Error> {
+    let stream = TcpStream::connect(addr).await?;
+    if let Some(idle) = keepalive {
+        let keepalive = socket2::TcpKeepalive::new().with_time(idle);
+        // Best effort: a platform without keepalive still works.
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+    }
+    Ok(stream)
+}
+
+/// Asks `mn`: `MN` means meta, `ERROR` text; `None` if the server hung up.
+async fn handshake(stream: &mut TcpStream) -> Result<Option<Mode>, HandshakeError> {
+    stream.write_all(b"mn\r\n").await?;
+    let mut line = Vec::with_capacity(16);
+    let mut byte = [0u8; 1];
+    // Byte by byte, so nothing after the line is consumed; the line is
+    // short and this happens once per connection.
+    while !line.ends_with(b"\r\n") {
+        if line.len() > 64 {
+            break;
+        }
+        match stream.read(&mut byte).await {
+            Ok(0) | Err(_) if line.is_empty() => return Ok(None),
+            Ok(0) => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match &line[..] {
+        b"MN\r\n" => Ok(Some(Mode::Meta)),
+        b"ERROR\r\n" => Ok(Some(Mode::Text)),
+        other => Err(HandshakeError::Unexpected(
+            String::from_utf8_lossy(other).into_owned(),
+        )),
     }
 }
 

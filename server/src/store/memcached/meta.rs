@@ -1,0 +1,370 @@
+//! memcached's meta protocol (memcached >= 1.6): encoding commands and
+//! parsing reply lines, with no I/O.
+//!
+//! Every command memgate sends carries an opaque token (`O<n>`) and, where
+//! the reply has one, asks for the key back (`k`). The connection matches
+//! each reply to its request by token and key, not only by position, so a
+//! reply that is stale, shifted or meant for another request is caught
+//! (and the connection closed) instead of being handed out as a value.
+//!
+//! Commands are built with [`Command`]: a verb, a key, positional arguments
+//! and flags. `mg`/`ms`/`md`/`mn` are what the data path uses today; CAS
+//! (`C`, `c`), add/replace (`M`), counters (`ma`), touch (`T` on `mg`) and
+//! leases (`N`, `W`/`Z`/`X`) are a flag or two more on the same builder,
+//! and [`Flags`] already parses what their replies carry.
+
+use bytes::{BufMut, BytesMut};
+
+/// A meta command being appended to a write buffer.
+///
+/// ```text
+/// Command::new(buf, b"mg", key).flag(b'v').flag(b'k').token(7).finish();
+/// // mg <key> v k O7\r\n
+/// ```
+#[must_use = "a command is only complete after finish()"]
+pub struct Command<'a> {
+    buf: &'a mut BytesMut,
+}
+
+impl<'a> Command<'a> {
+    /// Starts `<verb> <key>`.
+    pub fn new(buf: &'a mut BytesMut, verb: &[u8], key: &str) -> Command<'a> {
+        buf.reserve(verb.len() + key.len() + 32);
+        buf.put_slice(verb);
+        buf.put_u8(b' ');
+        buf.put_slice(key.as_bytes());
+        Command { buf }
+    }
+
+    /// A positional number (the data length of `ms`).
+    pub fn arg(self, n: u64) -> Self {
+        self.buf.put_u8(b' ');
+        put_decimal(self.buf, n);
+        self
+    }
+
+    /// A flag without a value (`v`, `k`, `q`, ...).
+    pub fn flag(self, f: u8) -> Self {
+        self.buf.put_u8(b' ');
+        self.buf.put_u8(f);
+        self
+    }
+
+    /// A flag with a numeric value (`T60`, `C123`, `N30`, ...).
+    pub fn flag_num(self, f: u8, n: u64) -> Self {
+        self.buf.put_u8(b' ');
+        self.buf.put_u8(f);
+        put_decimal(self.buf, n);
+        self
+    }
+
+    /// The opaque token the reply must echo.
+    pub fn token(self, token: u32) -> Self {
+        self.flag_num(b'O', u64::from(token))
+    }
+
+    /// Ends the command line.
+    pub fn finish(self) {
+        self.buf.put_slice(b"\r\n");
+    }
+
+    /// Ends the command line and appends a data block (for `ms`).
+    pub fn finish_with_data(self, data: &[u8]) {
+        self.buf.reserve(data.len() + 4);
+        self.buf.put_slice(b"\r\n");
+        self.buf.put_slice(data);
+        self.buf.put_slice(b"\r\n");
+    }
+}
+
+fn put_decimal(buf: &mut BytesMut, n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.put_slice(&tmp[i..]);
+}
+
+/// Appends `mg <key> v k O<token>[ q]`: a read that returns the value and
+/// echoes key and token. Quiet (`q`) reads suppress misses; a batch of
+/// them is closed by [`encode_noop`].
+pub fn encode_get(buf: &mut BytesMut, key: &str, token: u32, quiet: bool) {
+    let cmd = Command::new(buf, b"mg", key)
+        .flag(b'v')
+        .flag(b'k')
+        .token(token);
+    if quiet { cmd.flag(b'q') } else { cmd }.finish();
+}
+
+/// Appends `ms <key> <len> T<exptime> k O<token>[ q]` and the value: an
+/// acknowledged write (quiet writes report only failures).
+pub fn encode_set(
+    buf: &mut BytesMut,
+    key: &str,
+    exptime: u64,
+    value: &[u8],
+    token: u32,
+    quiet: bool,
+) {
+    let cmd = Command::new(buf, b"ms", key)
+        .arg(value.len() as u64)
+        .flag_num(b'T', exptime)
+        .flag(b'k')
+        .token(token);
+    if quiet { cmd.flag(b'q') } else { cmd }.finish_with_data(value);
+}
+
+/// Appends `md <key> k O<token>[ q]` (quiet deletes report only misses).
+pub fn encode_delete(buf: &mut BytesMut, key: &str, token: u32, quiet: bool) {
+    let cmd = Command::new(buf, b"md", key).flag(b'k').token(token);
+    if quiet { cmd.flag(b'q') } else { cmd }.finish();
+}
+
+/// Appends `mn`: answered by `MN` once every command before it is answered.
+pub fn encode_noop(buf: &mut BytesMut) {
+    buf.put_slice(b"mn\r\n");
+}
+
+/// The status code a meta reply line starts with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// `VA <len>`: a value follows.
+    Value,
+    /// `HD`: success without a value.
+    Done,
+    /// `EN`: a read missed.
+    Miss,
+    /// `NF`: not found (delete, counter, CAS on a missing key).
+    NotFound,
+    /// `NS`: not stored (add/replace condition failed).
+    NotStored,
+    /// `EX`: exists (CAS mismatch).
+    Exists,
+    /// `MN`: the end of a quiet batch.
+    NoOp,
+}
+
+/// The flags a reply line carries back. Only those memgate asks for are
+/// kept; anything else is ignored (flags a newer server adds must not
+/// break an older memgate).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// `O<token>`.
+    pub token: Option<u32>,
+    /// `c<cas>`.
+    pub cas: Option<u64>,
+    /// `t<ttl>`: remaining seconds, -1 for never.
+    pub ttl: Option<i64>,
+    /// `W`: this caller won the right to refill (leases).
+    pub won: bool,
+    /// `Z`: another caller holds the lease.
+    pub held: bool,
+    /// `X`: the item is stale.
+    pub stale: bool,
+}
+
+/// A parsed reply line (the value data, if any, is not part of it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A status line; `len` is the data length after `VA`.
+    Status {
+        /// Which status.
+        code: Code,
+        /// Bytes of data that follow (`VA` only; 0 otherwise).
+        len: usize,
+        /// What the flags said.
+        flags: Flags,
+    },
+    /// `SERVER_ERROR <msg>`: the server failed the command but consumed
+    /// it whole; it carries no token.
+    ServerError(String),
+    /// `CLIENT_ERROR ...` or `ERROR`: the server did not understand what
+    /// it was sent, so the stream position can no longer be trusted.
+    Rejected(String),
+}
+
+/// Why a reply line is not a meta reply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not a meta reply: {0:?}")]
+pub struct BadLine(pub String);
+
+/// Parses one reply line (without its `\r\n`), returning it and the key it
+/// echoes (`k<key>`), if any.
+pub fn parse_line(line: &[u8]) -> Result<(Line, Option<&str>), BadLine> {
+    let bad = || BadLine(String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned());
+    let text = std::str::from_utf8(line).map_err(|_| bad())?;
+    if let Some(msg) = text.strip_prefix("SERVER_ERROR") {
+        let msg = msg.trim_start().chars().take(120).collect();
+        return Ok((Line::ServerError(msg), None));
+    }
+    if text == "ERROR" || text.starts_with("CLIENT_ERROR") {
+        return Ok((Line::Rejected(text.chars().take(120).collect()), None));
+    }
+    let mut parts = text.split(' ');
+    let code = match parts.next() {
+        Some("VA") => Code::Value,
+        Some("HD") => Code::Done,
+        Some("EN") => Code::Miss,
+        Some("NF") => Code::NotFound,
+        Some("NS") => Code::NotStored,
+        Some("EX") => Code::Exists,
+        Some("MN") => Code::NoOp,
+        _ => return Err(bad()),
+    };
+    let len = if code == Code::Value {
+        let n = parts.next().ok_or_else(bad)?;
+        // Digits only: `parse` would also take a leading '+'.
+        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        n.parse::<usize>().map_err(|_| bad())?
+    } else {
+        0
+    };
+    let mut flags = Flags::default();
+    let mut key = None;
+    for part in parts {
+        let Some(&f) = part.as_bytes().first() else {
+            return Err(bad());
+        };
+        let value = &part[1..];
+        match f {
+            b'O' => flags.token = Some(value.parse().map_err(|_| bad())?),
+            b'k' => key = Some(value),
+            b'c' => flags.cas = Some(value.parse().map_err(|_| bad())?),
+            b't' => flags.ttl = Some(value.parse().map_err(|_| bad())?),
+            b'W' => flags.won = true,
+            b'Z' => flags.held = true,
+            b'X' => flags.stale = true,
+            _ => {}
+        }
+    }
+    if code == Code::NoOp && (flags != Flags::default() || key.is_some()) {
+        return Err(bad());
+    }
+    Ok((Line::Status { code, len, flags }, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_commands() {
+        let mut b = BytesMut::new();
+        encode_get(&mut b, "a", 1, false);
+        encode_get(&mut b, "b", 2, true);
+        encode_set(&mut b, "k", 60, b"v\r\n\0", 3, false);
+        encode_delete(&mut b, "k", 4294967295, true);
+        encode_noop(&mut b);
+        assert_eq!(
+            &b[..],
+            &b"mg a v k O1\r\nmg b v k O2 q\r\nms k 4 T60 k O3\r\nv\r\n\0\r\nmd k k O4294967295 q\r\nmn\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn builder_leaves_room_for_the_api_to_come() {
+        // CAS-conditioned add with a lease TTL: one line per feature.
+        let mut b = BytesMut::new();
+        Command::new(&mut b, b"ms", "k")
+            .arg(2)
+            .flag_num(b'C', 99)
+            .flag(b'c')
+            .flag_num(b'M', 0)
+            .token(5)
+            .finish_with_data(b"hi");
+        assert_eq!(&b[..], b"ms k 2 C99 c M0 O5\r\nhi\r\n");
+    }
+
+    #[test]
+    fn parses_replies_as_memcached_sends_them() {
+        let token = |t| Flags {
+            token: Some(t),
+            ..Flags::default()
+        };
+        assert_eq!(
+            parse_line(b"VA 3 khit O3"),
+            Ok((
+                Line::Status {
+                    code: Code::Value,
+                    len: 3,
+                    flags: token(3)
+                },
+                Some("hit")
+            ))
+        );
+        assert_eq!(
+            parse_line(b"EN kmiss O1"),
+            Ok((
+                Line::Status {
+                    code: Code::Miss,
+                    len: 0,
+                    flags: token(1)
+                },
+                Some("miss")
+            ))
+        );
+        let Ok((Line::Status { flags, .. }, None)) = parse_line(b"VA 0 c1 t-1 W O9 s0 f0") else {
+            panic!()
+        };
+        assert_eq!(
+            (flags.cas, flags.ttl, flags.won, flags.token),
+            (Some(1), Some(-1), true, Some(9))
+        );
+        assert_eq!(
+            parse_line(b"MN"),
+            Ok((
+                Line::Status {
+                    code: Code::NoOp,
+                    len: 0,
+                    flags: Flags::default()
+                },
+                None
+            ))
+        );
+        assert_eq!(
+            parse_line(b"SERVER_ERROR out of memory storing object"),
+            Ok((
+                Line::ServerError("out of memory storing object".into()),
+                None
+            ))
+        );
+        assert!(matches!(
+            parse_line(b"CLIENT_ERROR bad command line format"),
+            Ok((Line::Rejected(_), None))
+        ));
+        assert!(matches!(
+            parse_line(b"ERROR"),
+            Ok((Line::Rejected(_), None))
+        ));
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_meta_reply() {
+        for bad in [
+            &b"VALUE k 0 1"[..],
+            b"STORED",
+            b"VA",
+            b"VA -1 O1",
+            b"VA +1 O1",
+            b"VA x O1",
+            b"HD Ox",
+            b"HD O99999999999",
+            b"HD  O1",
+            b"MN O1",
+            b"MN kx",
+            b"\xff\xfe",
+            b"",
+        ] {
+            assert!(parse_line(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
