@@ -7,10 +7,12 @@
 //! `soak` runs mixed load through memgate for a while and checks that no
 //! acknowledged write was lost and that memory stays flat.
 
+mod null_server;
 mod stack;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +61,14 @@ enum Command {
         /// Concurrent callers.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+    },
+    /// The do-nothing tonic server `compare` measures; run by `compare`
+    /// itself as a separate process, so its CPU can be read from /proc.
+    #[command(hide = true)]
+    NullServer {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
     },
 }
 
@@ -452,5 +462,12 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         }
+        Command::NullServer { listen } => match null_server::serve(*listen).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("null server: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
     }
 }
