@@ -1,6 +1,7 @@
 //! The processes a benchmark runs against: memcached servers, a memgate
-//! (the release binary, as production runs it) and optionally twemproxy —
-//! each on a free loopback port, each killed when dropped.
+//! (the release binary, as production runs it), optionally twemproxy, and
+//! the null gRPC server — each on a free loopback port, each its own
+//! process (so its CPU can be read from `/proc`), each killed when dropped.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,7 +78,8 @@ pub(crate) fn memcached(dir: &Path, index: usize, memory_mb: u32, threads: u32) 
 }
 
 /// Starts the memgate binary in front of `shards`.
-pub(crate) fn memgate(bin: &Path, shards: &[String], extra: &[&str]) -> Proc {
+/// `extra` flags go after the defaults, so they can override them.
+pub(crate) fn memgate(bin: &Path, shards: &[String], extra: &[String]) -> Proc {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(bin)
         .args(["--listen", &addr, "--memcached", &shards.join(",")])
@@ -115,6 +117,20 @@ pub(crate) fn twemproxy(dir: &Path, shards: &[String]) -> Option<Proc> {
         .ok()?;
     wait_listening(&addr, "twemproxy");
     Some(Proc { child, addr })
+}
+
+/// Starts the do-nothing tonic server: this same binary's hidden
+/// `null-server` subcommand.
+pub(crate) fn null_server() -> Proc {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let exe = std::env::current_exe().expect("the path of memgate-bench itself");
+    let child = Command::new(exe)
+        .args(["null-server", "--listen", &addr])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("cannot start the null server");
+    wait_listening(&addr, "the null server");
+    Proc { child, addr }
 }
 
 fn which(name: &str) -> Option<PathBuf> {
