@@ -7,6 +7,11 @@
 #   scripts/bench.sh --seconds 10 --rounds 3
 #   scripts/bench.sh --seconds 2 --only memgate,twemproxy --workloads get
 #   scripts/bench.sh --memgate-arg=--max-idle-conns=4
+# Every target gets the same load shape: a workload's N in-flight callers
+# share 4 connections per target address (HTTP/2 multiplexed for memgate and
+# the null server; memcached text pipelined for twemproxy and, per shard,
+# memcached direct). --text-conns-per-caller gives the text targets the old
+# shape instead: one connection per caller, one request at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p memgate-server -p memgate-bench

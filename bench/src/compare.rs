@@ -26,19 +26,23 @@ use pb::cache_client::CacheClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cpu::cpu_time;
-use crate::memcached_text::TextClient;
+use crate::memcached_text::{TextClient, TextPool};
 use crate::stack::{self, Proc};
 
 /// Keys preloaded and read: `bench:0` .. `bench:9999`.
 const KEYS: u64 = 10_000;
 /// Unmeasured run before every cell: connections open, caches warm.
 const WARM_UP: Duration = Duration::from_millis(500);
-/// A call slower than this counts as an error (and, on the text protocol,
-/// drops its connections, which are then out of step).
+/// A call slower than this counts as an error (its reply, if it comes, is
+/// still read and dropped, so a text connection stays in step).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// HTTP/2 connections per gRPC target; in-flight calls are spread over
-/// them, as a client with a small channel pool would.
-const GRPC_CONNECTIONS: usize = 4;
+/// Connections per target address, for both protocols: HTTP/2 connections
+/// per gRPC target, TCP connections per memcached text address (twemproxy,
+/// or each memcached shard for direct). In-flight callers are spread over
+/// them round-robin, as a client with a small connection pool would, so
+/// every target sees the same load shape: N in flight over 4 connections,
+/// requests multiplexed (HTTP/2) or pipelined (text) on each.
+const CONNECTIONS: usize = 4;
 
 /// What `compare` measures, from the command line.
 pub(crate) struct Options {
@@ -50,6 +54,10 @@ pub(crate) struct Options {
     pub(crate) rounds: usize,
     pub(crate) targets: Vec<TargetKind>,
     pub(crate) workloads: Vec<Workload>,
+    /// The old text load shape: one TCP connection per in-flight caller
+    /// per server address, one request at a time, instead of `CONNECTIONS`
+    /// pipelined ones.
+    pub(crate) text_conns_per_caller: bool,
 }
 
 /// A server the workloads run against.
@@ -135,7 +143,8 @@ impl Workload {
 
 /// One in-flight caller's connection(s) to a target.
 enum Caller {
-    /// memcached text protocol (direct or through twemproxy).
+    /// memcached text protocol (direct or through twemproxy), on one
+    /// pipelined connection per server shared with other callers.
     Text(TextClient),
     /// The generated gRPC stub on one of the target's HTTP/2 connections.
     Grpc(CacheClient<Channel>),
@@ -152,12 +161,7 @@ impl Caller {
     ) -> Result<u64, String> {
         match tokio::time::timeout(CALL_TIMEOUT, self.call_untimed(workload, keys, value)).await {
             Ok(r) => r,
-            Err(_) => {
-                if let Caller::Text(c) = self {
-                    c.reset(std::io::ErrorKind::TimedOut.into());
-                }
-                Err("timed out".into())
-            }
+            Err(_) => Err("timed out".into()),
         }
     }
 
@@ -379,14 +383,14 @@ async fn measure(
     }
 }
 
-/// Opens `GRPC_CONNECTIONS` HTTP/2 connections to `addr` and gives the
+/// Opens `CONNECTIONS` HTTP/2 connections to `addr` and gives the
 /// callers their stubs round-robin over them.
 async fn grpc_callers(addr: &str, callers: usize) -> Vec<Caller> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .tcp_nodelay(true);
     let mut channels = Vec::new();
-    for _ in 0..GRPC_CONNECTIONS {
+    for _ in 0..CONNECTIONS {
         // Each `connect` is its own connection; clones of a channel share one.
         channels.push(endpoint.connect().await.expect("gRPC connect"));
     }
@@ -406,27 +410,30 @@ pub(crate) async fn compare(opts: &Options) {
         .map(|w| w.in_flight())
         .max()
         .unwrap_or(1);
+    // Text connections per server address: shared and pipelined, or (the
+    // old shape) one per caller, each then carrying one request at a time.
+    let text_conns = if opts.text_conns_per_caller {
+        callers
+    } else {
+        CONNECTIONS
+    };
+    let text_callers = |servers: &[String]| -> Vec<Caller> {
+        let pool = TextPool::new(servers, text_conns);
+        (0..callers).map(|i| Caller::Text(pool.client(i))).collect()
+    };
 
     // The processes are kept here so they live until the table is printed.
     let mut procs: Vec<Proc> = Vec::new();
     let mut targets: Vec<Target> = Vec::new();
     for &kind in &opts.targets {
         let (server_pids, callers) = match kind {
-            TargetKind::Direct => (
-                memcached_pids.clone(),
-                (0..callers)
-                    .map(|_| Caller::Text(TextClient::new(&addrs)))
-                    .collect(),
-            ),
+            TargetKind::Direct => (memcached_pids.clone(), text_callers(&addrs)),
             TargetKind::Twemproxy => {
                 let Some(p) = stack::twemproxy(dir.path(), &addrs) else {
                     eprintln!("nutcracker (twemproxy) is not installed: skipping it");
                     continue;
                 };
-                let proxy = std::slice::from_ref(&p.addr);
-                let c = (0..callers)
-                    .map(|_| Caller::Text(TextClient::new(proxy)))
-                    .collect();
+                let c = text_callers(std::slice::from_ref(&p.addr));
                 let pid = p.pid();
                 procs.push(p);
                 (vec![pid], c)
@@ -550,6 +557,19 @@ fn header(opts: &Options) -> String {
         WARM_UP.as_secs_f64(),
         opts.rounds,
     );
+    let text_shape = if opts.text_conns_per_caller {
+        "1 TCP connection per in-flight caller per address (direct: per memcached shard), one request at a time"
+            .to_string()
+    } else {
+        format!(
+            "{CONNECTIONS} TCP connections per address (direct: per memcached shard), requests pipelined, replies in order"
+        )
+    };
+    h.push_str(&format!(
+        "; load shape: each workload's N in-flight callers spread round-robin over the target's connections \
+         (1 in flight: one connection): memgate and null: {CONNECTIONS} HTTP/2 connections, calls multiplexed; \
+         direct and twemproxy: {text_shape}"
+    ));
     if !opts.memgate_args.is_empty() {
         h.push_str(&format!("; memgate args: {}", opts.memgate_args.join(" ")));
     }

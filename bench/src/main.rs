@@ -61,6 +61,12 @@ enum Command {
         /// Measure every cell this many times (interleaved) and report medians.
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+        /// Give memcached direct and twemproxy the old load shape: one TCP
+        /// connection per in-flight caller (per server address), one
+        /// request at a time, instead of 4 connections per address shared
+        /// by the callers with requests pipelined (the gRPC targets' shape).
+        #[arg(long)]
+        text_conns_per_caller: bool,
     },
     /// Mixed load through memgate; fails on a lost write or memory growth.
     Soak {
@@ -231,6 +237,7 @@ async fn main() -> std::process::ExitCode {
             workloads,
             memgate_args,
             rounds,
+            text_conns_per_caller,
         } => {
             compare::compare(&compare::Options {
                 memgate_bin: cli.memgate_bin.clone(),
@@ -241,6 +248,7 @@ async fn main() -> std::process::ExitCode {
                 rounds: (*rounds).max(1),
                 targets: or_all(targets, &TargetKind::ALL),
                 workloads: or_all(workloads, &Workload::ALL),
+                text_conns_per_caller: *text_conns_per_caller,
             })
             .await;
             std::process::ExitCode::SUCCESS
