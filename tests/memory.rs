@@ -80,7 +80,10 @@ async fn oversized_reads_and_slow_readers_stay_inside_the_byte_budgets() {
             let stop = Instant::now() + Duration::from_secs(6);
             while Instant::now() < stop {
                 let started = Instant::now();
-                assert_eq!(client.get(&small).await.unwrap().as_deref(), Some(&b"tiny"[..]));
+                assert_eq!(
+                    client.get(&small).await.unwrap().as_deref(),
+                    Some(&b"tiny"[..])
+                );
                 slowest = slowest.max(started.elapsed());
                 let status = health
                     .check(HealthCheckRequest {
@@ -126,7 +129,12 @@ async fn oversized_reads_and_slow_readers_stay_inside_the_byte_budgets() {
             while let Some(r) = results.next().await {
                 let r = r.unwrap();
                 assert_eq!(r.key, keys[seen], "results in request order");
-                assert!(r.found && r.value.len() == VALUE_LEN, "{}: {}", r.key, r.error);
+                assert!(
+                    r.found && r.value.len() == VALUE_LEN,
+                    "{}: {}",
+                    r.key,
+                    r.error
+                );
                 seen += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await; // a slow reader
             }
@@ -135,7 +143,10 @@ async fn oversized_reads_and_slow_readers_stay_inside_the_byte_budgets() {
     }
     for call in calls {
         let seen = call.await.unwrap();
-        assert!(seen == 0 || seen == VALUES, "a stream ended after {seen} results");
+        assert!(
+            seen == 0 || seen == VALUES,
+            "a stream ended after {seen} results"
+        );
     }
     let (slowest, unhealthy) = watcher.await.unwrap();
     let (_, peak) = rss_kib();
