@@ -126,6 +126,13 @@ pub struct Cli {
     #[arg(long, env = "MEMGATE_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
     pub max_concurrent_streams: u32,
 
+    /// Threads serving calls. 1 (the default) runs everything on one
+    /// event loop, as twemproxy does: the least CPU per call, measured
+    /// (see the README's benchmarks); scale out with replicas. More than 1
+    /// uses tokio's work-stealing scheduler over that many threads.
+    #[arg(long, env = "MEMGATE_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
+
     /// HTTP/2 PING interval on idle client connections (`0s`: off).
     #[arg(long, env = "MEMGATE_HTTP2_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub http2_keepalive: Duration,
@@ -183,6 +190,8 @@ pub struct ServerSettings {
     pub http2_keepalive: Option<Duration>,
     /// Bound on draining at shutdown.
     pub shutdown_grace: Duration,
+    /// Threads serving calls (1: a single event loop).
+    pub worker_threads: usize,
     /// TLS, if served.
     pub tls: Option<TlsFiles>,
     /// Accepted bearer tokens, if required.
@@ -196,6 +205,7 @@ impl Default for ServerSettings {
             max_concurrent_streams: 1024,
             http2_keepalive: Some(Duration::from_secs(30)),
             shutdown_grace: Duration::from_secs(10),
+            worker_threads: 1,
             tls: None,
             tokens: None,
         }
@@ -353,6 +363,9 @@ impl TryFrom<Cli> for Config {
                 return Err(format!("{flag} must be longer than zero"));
             }
         }
+        if cli.worker_threads == 0 {
+            return Err("--worker-threads must be at least 1".to_owned());
+        }
         if cli.max_concurrent_calls == 0 || cli.max_concurrent_streams == 0 {
             return Err(
                 "--max-concurrent-calls and --max-concurrent-streams must be at least 1".to_owned(),
@@ -385,6 +398,7 @@ impl TryFrom<Cli> for Config {
             max_concurrent_streams: cli.max_concurrent_streams,
             http2_keepalive: (!cli.http2_keepalive.is_zero()).then_some(cli.http2_keepalive),
             shutdown_grace: cli.shutdown_grace,
+            worker_threads: cli.worker_threads,
             tls,
             tokens,
         };
