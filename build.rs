@@ -17,6 +17,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/memgate/v1/cache.proto");
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // `bytes` fields as `bytes::Bytes`: a value read from memcached is
+        // handed to the response without a copy, and a request's value is
+        // written to memcached from the buffer it was decoded into.
+        .bytes(".")
         .file_descriptor_set_path(out_dir.join("memgate_v1_descriptor.bin"))
         .compile_protos(&["proto/memgate/v1/cache.proto"], &["proto"])?;
     Ok(())

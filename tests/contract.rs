@@ -156,7 +156,7 @@ async fn check_invalid_keys(mg: &Memgate) {
         let err = raw
             .set(pb::SetRequest {
                 key: key.clone(),
-                value: b"x".to_vec(),
+                value: b"x".to_vec().into(),
                 ttl_seconds: None,
             })
             .await
@@ -206,7 +206,7 @@ async fn check_batches(mg: &Memgate) {
         .iter()
         .map(|k| pb::SetRequest {
             key: k.clone(),
-            value: format!("value of {k}").into_bytes(),
+            value: format!("value of {k}").into_bytes().into(),
             ttl_seconds: None,
         })
         .collect();
@@ -261,12 +261,12 @@ async fn check_batches(mg: &Memgate) {
             items: vec![
                 pb::SetRequest {
                     key: fresh.clone(),
-                    value: b"x".to_vec(),
+                    value: b"x".to_vec().into(),
                     ttl_seconds: None,
                 },
                 pb::SetRequest {
                     key: "bad key".into(),
-                    value: b"x".to_vec(),
+                    value: b"x".to_vec().into(),
                     ttl_seconds: None,
                 },
             ],
@@ -357,12 +357,12 @@ async fn check_streams(mg: &Memgate) {
     let items: Vec<pb::SetRequest> = (0..n)
         .map(|i| pb::SetRequest {
             key: format!("{prefix}:{i}"),
-            value: i.to_string().into_bytes(),
+            value: i.to_string().into_bytes().into(),
             ttl_seconds: None,
         })
         .chain(std::iter::once(pb::SetRequest {
             key: "bad key".into(),
-            value: vec![],
+            value: vec![].into(),
             ttl_seconds: None,
         }))
         .collect();

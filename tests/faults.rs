@@ -265,7 +265,7 @@ async fn shutdown_drains_streams_within_the_grace() {
     let prefix = unique("drain");
     let item = |i: usize| pb::SetRequest {
         key: format!("{prefix}:{i}"),
-        value: b"v".to_vec(),
+        value: b"v".to_vec().into(),
         ttl_seconds: None,
     };
     for i in 0..50 {

@@ -22,7 +22,7 @@ async fn an_oversized_request_is_resource_exhausted() {
     let items = (0..4)
         .map(|i| pb::SetRequest {
             key: format!("big{i}"),
-            value: vec![0u8; 90 * 1024],
+            value: vec![0u8; 90 * 1024].into(),
             ttl_seconds: None,
         })
         .collect();

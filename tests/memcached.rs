@@ -115,7 +115,7 @@ async fn a_dead_shard_fails_only_its_own_keys() {
         .iter()
         .map(|k| pb::SetRequest {
             key: k.clone(),
-            value: b"again".to_vec(),
+            value: b"again".to_vec().into(),
             ttl_seconds: None,
         })
         .collect();
@@ -395,7 +395,7 @@ async fn list_sees_every_key_under_lru_churn() {
         .iter()
         .map(|k| pb::SetRequest {
             key: k.clone(),
-            value: vec![b'x'; 200],
+            value: vec![b'x'; 200].into(),
             ttl_seconds: None,
         })
         .collect();

@@ -212,7 +212,7 @@ impl Caller {
                     .iter()
                     .map(|k| pb::SetRequest {
                         key: k.clone(),
-                        value: value.to_vec(),
+                        value: bytes::Bytes::copy_from_slice(value),
                         ttl_seconds: Some(0),
                     })
                     .collect();

@@ -6,7 +6,7 @@
 //! defaults and nothing else — `Server::builder()` on tokio's default
 //! multi-thread runtime, `tcp_nodelay` on accepted sockets (without it
 //! small replies wait on Nagle) — and stores values naively (a map behind a
-//! lock, values copied out). It runs as its own process (`memgate-bench
+//! lock, values shared by reference count). It runs as its own process (`memgate-bench
 //! null-server`), so its CPU can be read from `/proc` like any server's.
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ pub(crate) async fn serve(listen: SocketAddr) -> Result<(), tonic::transport::Er
 /// The whole store: one map behind one lock.
 #[derive(Default)]
 struct MapCache {
-    items: RwLock<HashMap<String, Vec<u8>>>,
+    items: RwLock<HashMap<String, bytes::Bytes>>,
 }
 
 #[tonic::async_trait]

@@ -377,7 +377,7 @@ impl Client {
             self.retry.retry_writes,
             pb::SetRequest {
                 key: key.into(),
-                value: value.to_vec(),
+                value,
                 ttl_seconds: ttl_seconds(ttl),
             },
             |mut stub, req| async move { stub.set(req).await },
@@ -607,7 +607,7 @@ fn ttl_seconds(ttl: Option<Duration>) -> Option<u32> {
 fn set_request(item: Item) -> pb::SetRequest {
     pb::SetRequest {
         key: item.key,
-        value: item.value.to_vec(),
+        value: item.value,
         ttl_seconds: ttl_seconds(item.ttl),
     }
 }

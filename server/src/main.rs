@@ -22,7 +22,9 @@ fn main() {
     // read it, with no cross-thread wake-ups (measured: the least CPU per
     // call). More threads trade CPU per call for using more cores.
     let runtime = match config.server.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
         n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()
