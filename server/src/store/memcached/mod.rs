@@ -156,7 +156,16 @@ impl ShardedStore {
                 .request_alone(cmd.freeze(), decoder, self.list_timeout)
                 .await?
             {
-                Reply::Keys(keys) => return Ok(keys),
+                Reply::Keys { keys, skipped } => {
+                    if skipped > 0 {
+                        tracing::debug!(
+                            shard = %shard.addr(),
+                            skipped,
+                            "List skipped keys that are not UTF-8 (written by another client); they cannot be returned as strings"
+                        );
+                    }
+                    return Ok(keys);
+                }
                 Reply::Busy(_) => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(LIST_BUSY_BACKOFF_MAX);
