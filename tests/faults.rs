@@ -387,3 +387,137 @@ async fn reroute_sends_a_dead_shards_keys_to_the_next_shard() {
     }
     assert_eq!(found, 1, "the rerouted key lives on exactly one live shard");
 }
+
+/// A fake memcached with memcached's one LRU crawler: a metadump while
+/// another runs is answered `BUSY`, like memcached does. Each dump lists
+/// one key after `dump_time`. It counts the BUSY answers it gave.
+struct FakeCrawler {
+    addr: String,
+    busy_answers: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeCrawler {
+    async fn spawn(dump_time: Duration) -> FakeCrawler {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let crawling = Arc::new(AtomicBool::new(false));
+        let busy_answers = Arc::new(AtomicUsize::new(0));
+        let busy = busy_answers.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (crawling, busy) = (crawling.clone(), busy.clone());
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let reply: &[u8] = if line == "version" {
+                            b"VERSION 1.6.18\r\n"
+                        } else if line == "stats settings" {
+                            b"STAT item_size_max 1048576\r\nEND\r\n"
+                        } else if line.starts_with("lru_crawler metadump") {
+                            if crawling.swap(true, Ordering::SeqCst) {
+                                busy.fetch_add(1, Ordering::SeqCst);
+                                b"BUSY currently processing crawler request\r\n"
+                            } else {
+                                tokio::time::sleep(dump_time).await;
+                                crawling.store(false, Ordering::SeqCst);
+                                b"key=k exp=-1 la=1 cas=1 fetch=no cls=1 size=60\nEND\r\n"
+                            }
+                        } else {
+                            b"ERROR\r\n"
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FakeCrawler {
+            addr,
+            busy_answers,
+            task,
+        }
+    }
+
+    fn busy_answers(&self) -> usize {
+        self.busy_answers.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeCrawler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Promise: memgate sends one key dump per shard at a time — concurrent
+/// Lists take turns in memgate instead of colliding on the shard's single
+/// crawler (and retrying against its BUSY answers) — and each still
+/// succeeds within the list patience.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_lists_take_turns_on_a_shards_crawler() {
+    let fake = FakeCrawler::spawn(Duration::from_millis(150)).await;
+    let mg = Memgate::start(config_for_addrs(std::slice::from_ref(&fake.addr))).await;
+    let started = Instant::now();
+    let lists: Vec<_> = (0..5)
+        .map(|_| {
+            let mut raw = mg.raw.clone();
+            tokio::spawn(async move {
+                raw.list(pb::ListRequest {
+                    prefix: String::new(),
+                    limit: 0,
+                })
+                .await
+            })
+        })
+        .collect();
+    for l in lists {
+        let keys = l
+            .await
+            .unwrap()
+            .expect("a concurrent List")
+            .into_inner()
+            .keys;
+        assert_eq!(keys, ["k"]);
+    }
+    println!(
+        "5 concurrent Lists of 150 ms dumps took {:?}; the crawler answered BUSY {} times",
+        started.elapsed(),
+        fake.busy_answers()
+    );
+    assert_eq!(fake.busy_answers(), 0, "memgate's own Lists collided");
+}
+
+/// Promise: a List that cannot get a shard's crawler within the list
+/// patience (3 s) answers UNAVAILABLE saying why and what to do, instead
+/// of waiting out the dump in progress.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_waiting_on_a_busy_crawler_is_unavailable() {
+    let fake = FakeCrawler::spawn(Duration::from_secs(60)).await;
+    let mg = Memgate::start(config_for_addrs(std::slice::from_ref(&fake.addr))).await;
+    let request = || pb::ListRequest {
+        prefix: String::new(),
+        limit: 0,
+    };
+    let mut raw = mg.raw.clone();
+    let first = tokio::spawn(async move { raw.list(request()).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let err = mg.raw.clone().list(request()).await.unwrap_err();
+    let took = started.elapsed();
+    println!("busy crawler: {err:?} after {took:?}");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains(&fake.addr) && err.message().contains("retry List"),
+        "{}",
+        err.message()
+    );
+    assert!(took < Duration::from_secs(5), "waited {took:?}");
+    first.abort();
+}

@@ -89,11 +89,15 @@ pub enum Error {
         /// memcached's message.
         message: String,
     },
-    /// The LRU crawler of a shard stayed busy with another dump.
-    #[error("memcached shard {addr} is busy with another key dump; retry List shortly")]
+    /// The LRU crawler of a shard stayed busy with other dumps.
+    #[error(
+        "memcached shard {addr} stayed busy with other key dumps for {waited:?} (a shard runs one dump at a time, and List dumps every shard); retry List in a few seconds"
+    )]
     ListBusy {
         /// The shard's address.
         addr: String,
+        /// How long List waited for the shard's crawler.
+        waited: Duration,
     },
 }
 
@@ -169,6 +173,13 @@ mod tests {
                     after: Duration::from_millis(5),
                 },
                 Code::DeadlineExceeded,
+            ),
+            (
+                Error::ListBusy {
+                    addr: "a".into(),
+                    waited: Duration::from_secs(3),
+                },
+                Code::Unavailable,
             ),
         ];
         for (err, code) in cases {

@@ -4,8 +4,8 @@
 //! Single-key calls are one command on one shard. Batch calls group keys by
 //! shard and send one multi-key `get` per shard (in chunks, pipelined), so a
 //! batch costs a round trip per shard rather than per key; a shard that
-//! fails only fails its own keys. List fans `lru_crawler metadump all` out
-//! to every shard.
+//! fails only fails its own keys. List fans `lru_crawler metadump hash` out
+//! to every shard, one dump per shard at a time.
 
 pub mod connection;
 pub mod protocol;
@@ -31,9 +31,10 @@ use crate::key::Key;
 const GET_CHUNK: usize = 100;
 /// Writes in flight at once for one batch.
 const WRITE_CONCURRENCY: usize = 256;
-/// How long List keeps retrying a shard whose crawler is busy (memcached
-/// runs one crawl at a time, and crawls on its own to reclaim expired
-/// items), and the first wait between tries (doubling up to the cap).
+/// How long List waits for a shard's crawler — its turn among this
+/// server's Lists, then retries while memcached answers BUSY (it runs one
+/// crawl at a time, and crawls on its own to reclaim expired items) — and
+/// the first wait between tries (doubling up to the cap).
 const LIST_BUSY_PATIENCE: Duration = Duration::from_secs(3);
 const LIST_BUSY_BACKOFF: Duration = Duration::from_millis(10);
 const LIST_BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
@@ -45,6 +46,9 @@ const LIST_TIMEOUT_FACTOR: u32 = 10;
 pub struct ShardedStore {
     ring: Ring,
     shards: Vec<Arc<Shard>>,
+    /// One per shard: held for a key dump, so this server sends a shard at
+    /// most one dump at a time (memcached would answer the others BUSY).
+    dump_turns: Vec<tokio::sync::Mutex<()>>,
     max_value_bytes: usize,
     list_timeout: Duration,
     on_down: OnShardDown,
@@ -83,6 +87,7 @@ impl ShardedStore {
                 .iter()
                 .map(|s| Arc::new(Shard::new(s.addr.clone(), settings.clone())))
                 .collect(),
+            dump_turns: shards.iter().map(|_| tokio::sync::Mutex::new(())).collect(),
             max_value_bytes,
             list_timeout,
             on_down,
@@ -122,29 +127,42 @@ impl ShardedStore {
     /// on a memcached too old to know it.
     async fn list_shard(
         &self,
-        shard: &Shard,
+        index: usize,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, Error> {
-        match self.dump_shard(shard, DumpWalk::Hash, prefix, limit).await {
+        match self.dump_shard(index, DumpWalk::Hash, prefix, limit).await {
             Err(Error::ShardError { message, .. }) if message.contains("rejected") => {
-                tracing::debug!(shard = %shard.addr(), %message, "no hash walk; using the LRU walk");
-                self.dump_shard(shard, DumpWalk::Lru, prefix, limit).await
+                let shard = self.shards[index].addr();
+                tracing::debug!(%shard, %message, "no hash walk; using the LRU walk");
+                self.dump_shard(index, DumpWalk::Lru, prefix, limit).await
             }
             other => other,
         }
     }
 
-    /// Dumps one shard's keys, retrying while its crawler is busy.
+    /// Dumps one shard's keys once it is this List's turn, retrying while
+    /// the shard's crawler is busy; both waits share the list patience.
     async fn dump_shard(
         &self,
-        shard: &Shard,
+        index: usize,
         walk: DumpWalk,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, Error> {
+        let shard = &self.shards[index];
+        let busy = || Error::ListBusy {
+            addr: shard.addr().to_owned(),
+            waited: LIST_BUSY_PATIENCE,
+        };
         let mut backoff = LIST_BUSY_BACKOFF;
         let give_up = tokio::time::Instant::now() + LIST_BUSY_PATIENCE;
+        // Held across BUSY retries too: the Lists waiting here would only
+        // meet the same busy crawler.
+        let Ok(_turn) = tokio::time::timeout_at(give_up, self.dump_turns[index].lock()).await
+        else {
+            return Err(busy());
+        };
         while tokio::time::Instant::now() < give_up {
             let mut cmd = BytesMut::new();
             protocol::encode_metadump(&mut cmd, walk);
@@ -173,9 +191,7 @@ impl ShardedStore {
                 other => return Err(unexpected(shard, other)),
             }
         }
-        Err(Error::ListBusy {
-            addr: shard.addr().to_owned(),
-        })
+        Err(busy())
     }
 }
 
@@ -274,12 +290,9 @@ impl Store for ShardedStore {
     }
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>, Error> {
-        let per_shard = join_all(
-            self.shards
-                .iter()
-                .map(|s| self.list_shard(s, prefix, limit)),
-        )
-        .await;
+        let per_shard =
+            join_all((0..self.shards.len()).map(|index| self.list_shard(index, prefix, limit)))
+                .await;
         let mut keys = Vec::new();
         for shard_keys in per_shard {
             keys.extend(shard_keys?);
