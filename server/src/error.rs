@@ -99,6 +99,12 @@ pub enum Error {
         /// How long List waited for the shard's crawler.
         waited: Duration,
     },
+    /// memgate is shutting down and ends a stream before its input does.
+    #[error("memgate is shutting down; retry on another replica: {resume}")]
+    ShuttingDown {
+        /// What the stream got done and what the client should resend.
+        resume: String,
+    },
 }
 
 impl Error {
@@ -116,9 +122,10 @@ impl Error {
             Error::InvalidKey { .. } | Error::ValueTooLarge { .. } | Error::TooManyKeys { .. } => {
                 Code::InvalidArgument
             }
-            Error::ShardUnavailable { .. } | Error::ShardDown { .. } | Error::ListBusy { .. } => {
-                Code::Unavailable
-            }
+            Error::ShardUnavailable { .. }
+            | Error::ShardDown { .. }
+            | Error::ListBusy { .. }
+            | Error::ShuttingDown { .. } => Code::Unavailable,
             Error::ShardTimeout { .. } => Code::DeadlineExceeded,
             Error::ResponseTooLarge { .. } => Code::ResourceExhausted,
             Error::ShardError { .. } => Code::Internal,
@@ -178,6 +185,12 @@ mod tests {
                 Error::ListBusy {
                     addr: "a".into(),
                     waited: Duration::from_secs(3),
+                },
+                Code::Unavailable,
+            ),
+            (
+                Error::ShuttingDown {
+                    resume: "resend the stream".into(),
                 },
                 Code::Unavailable,
             ),

@@ -6,14 +6,25 @@
 //! however long the stream is, and a client that reads slowly slows the
 //! server's reading of its requests down (backpressure) instead of making it
 //! buffer. An invalid item is reported for that item; the stream goes on.
+//!
+//! At shutdown a stream stops reading after the chunk in hand and ends with
+//! UNAVAILABLE ([`Error::ShuttingDown`]), telling the client what to resend
+//! to another replica; without that, an open stream would hold the server
+//! until the shutdown grace expires. Client streams answer UNAVAILABLE, not
+//! OK with partial totals: OK would tell a client that every item it sent
+//! was handled, and resending a whole stream of sets or deletes is safe.
 
-use futures::StreamExt;
+use futures::stream::ReadyChunks;
+use futures::{FutureExt, StreamExt};
 use memgate_api::v1 as pb;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use super::batch::key_error;
 use super::{BoxStream, CacheService};
+use crate::drain::{Prefer, end_on_drain};
+use crate::error::Error;
 use crate::store::Store;
 
 /// Most messages handled as one store batch.
@@ -22,17 +33,48 @@ pub(super) const STREAM_CHUNK: usize = 256;
 /// failures are still counted out of `stored`/`deleted`, not listed.
 pub(super) const MAX_STREAM_ERRORS: usize = 1000;
 
+/// What a streaming handler does next.
+enum Next<T> {
+    /// Handle this chunk of input.
+    Chunk(Vec<Result<T, Status>>),
+    /// The client closed its side: answer as usual.
+    End,
+    /// Shutdown began: stop reading.
+    Draining,
+}
+
+/// Waits for the next chunk of input, unless shutdown begins first. Input
+/// that has already ended still counts as ended, so a stream the client
+/// finished is answered as usual.
+async fn next_chunk<T>(
+    chunks: &mut ReadyChunks<Streaming<T>>,
+    draining: &CancellationToken,
+) -> Next<T> {
+    tokio::select! {
+        biased;
+        _ = draining.cancelled() => match chunks.next().now_or_never() {
+            Some(None) => Next::End,
+            _ => Next::Draining,
+        },
+        chunk = chunks.next() => chunk.map_or(Next::End, Next::Chunk),
+    }
+}
+
 impl<S: Store> CacheService<S> {
     pub(super) fn get_stream(&self, input: Streaming<pb::GetRequest>) -> BoxStream<pb::GetResult> {
         let service = CacheService {
             store: self.store.clone(),
             limits: self.limits.clone(),
+            draining: self.draining.clone(),
         };
         // Two chunks of results in flight at most.
         let (tx, rx) = tokio::sync::mpsc::channel(2 * STREAM_CHUNK);
         tokio::spawn(async move {
+            let draining = &service.draining;
             let mut chunks = input.ready_chunks(STREAM_CHUNK);
-            while let Some(chunk) = chunks.next().await {
+            // Ends on drain too, dropping the input: the request side must
+            // close for the connection to close.
+            while let Next::Chunk(chunk) = next_chunk(&mut chunks, draining).await {
                 let mut keys = Vec::with_capacity(chunk.len());
                 // Keep request order: invalid keys get their error in place.
                 let mut slots = Vec::with_capacity(chunk.len());
@@ -56,6 +98,7 @@ impl<S: Store> CacheService<S> {
                         },
                     }
                 }
+                // The chunk in hand is finished even if shutdown begins.
                 let mut results = service.get_results(keys).await.into_iter();
                 for slot in slots {
                     let result = match slot {
@@ -63,12 +106,24 @@ impl<S: Store> CacheService<S> {
                         Err(invalid) => invalid,
                     };
                     if tx.send(Ok(result)).await.is_err() {
-                        return; // the client went away
+                        return; // the client went away, or shutdown ended the stream
                     }
                 }
             }
         });
-        Box::pin(ReceiverStream::new(rx))
+        // At shutdown the results end at once, even those still queued
+        // here: a client reading slowly must not hold the server. Results
+        // come in request order, so the client knows which keys to resend.
+        let last = Error::ShuttingDown {
+            resume: "results come in request order; resend the keys after the last result received"
+                .into(),
+        };
+        Box::pin(end_on_drain(
+            ReceiverStream::new(rx),
+            &self.draining,
+            Prefer::Drain,
+            last.into(),
+        ))
     }
 
     pub(super) async fn set_stream(
@@ -77,7 +132,19 @@ impl<S: Store> CacheService<S> {
     ) -> Result<pb::BatchSetResponse, Status> {
         let mut resp = pb::BatchSetResponse::default();
         let mut chunks = input.ready_chunks(STREAM_CHUNK);
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let chunk = match next_chunk(&mut chunks, &self.draining).await {
+                Next::Chunk(chunk) => chunk,
+                Next::End => break,
+                Next::Draining => {
+                    let resume = format!(
+                        "this stream stored {} items{} before memgate stopped reading it; resend the whole stream (sets are idempotent)",
+                        resp.stored,
+                        failed(&resp.errors)
+                    );
+                    return Err(Error::ShuttingDown { resume }.into());
+                }
+            };
             let mut items = Vec::with_capacity(chunk.len());
             for msg in chunk {
                 let req = msg?;
@@ -104,7 +171,19 @@ impl<S: Store> CacheService<S> {
     ) -> Result<pb::BatchDeleteResponse, Status> {
         let mut resp = pb::BatchDeleteResponse::default();
         let mut chunks = input.ready_chunks(STREAM_CHUNK);
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let chunk = match next_chunk(&mut chunks, &self.draining).await {
+                Next::Chunk(chunk) => chunk,
+                Next::End => break,
+                Next::Draining => {
+                    let resume = format!(
+                        "this stream deleted {} keys{} before memgate stopped reading it; resend the whole stream (deletes are idempotent)",
+                        resp.deleted,
+                        failed(&resp.errors)
+                    );
+                    return Err(Error::ShuttingDown { resume }.into());
+                }
+            };
             let mut keys = Vec::with_capacity(chunk.len());
             for msg in chunk {
                 let req = msg?;
@@ -122,6 +201,15 @@ impl<S: Store> CacheService<S> {
             }
         }
         Ok(resp)
+    }
+}
+
+/// ", and N failed" when items failed (a count of those listed).
+fn failed(errors: &[pb::KeyError]) -> String {
+    match errors.len() {
+        0 => String::new(),
+        n if n >= MAX_STREAM_ERRORS => format!(", and {n} or more failed"),
+        n => format!(", and {n} failed"),
     }
 }
 
