@@ -378,3 +378,47 @@ async fn client_streams_stop_reading_and_say_how_far_they_got() {
     );
     drop((set_tx, delete_tx));
 }
+
+/// Promise: a stream memgate cannot end itself (here a reflection stream
+/// the client keeps open) holds shutdown only for about a second once no
+/// call is in flight, not for the grace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_memgate_does_not_end_is_closed_a_second_after_the_last_call() {
+    use tonic_reflection::pb::v1 as r;
+
+    let mut config = memgate_server::config::Config::embedded("127.0.0.1:0".parse().unwrap());
+    config.server.shutdown_grace = GRACE;
+    let mut mg = Memgate::start(config).await;
+    let (tx, rx) = mpsc::channel(4);
+    let mut replies = r::server_reflection_client::ServerReflectionClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", mg.addr))
+            .unwrap()
+            .connect_lazy(),
+    )
+    .server_reflection_info(ReceiverStream::new(rx))
+    .await
+    .unwrap()
+    .into_inner();
+    tx.send(r::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    })
+    .await
+    .unwrap();
+    assert!(replies.message().await.unwrap().is_some());
+
+    let started = Instant::now();
+    mg.begin_shutdown();
+    tokio::time::timeout(Duration::from_secs(15), mg.join())
+        .await
+        .expect("memgate did not exit");
+    let exited = started.elapsed();
+    println!("open reflection stream: memgate exited after {exited:?} (grace {GRACE:?})");
+    assert!(
+        exited > Duration::from_millis(900) && exited < Duration::from_secs(2),
+        "memgate exited after {exited:?}"
+    );
+    drop(tx);
+}

@@ -3,11 +3,23 @@
 //! When shutdown begins, unary calls in flight may finish within
 //! `--shutdown-grace`; streams are told to end at once instead, each with
 //! an UNAVAILABLE status saying what to resend to another replica
-//! ([`end_on_drain`]).
+//! ([`end_on_drain`]). A stream that cannot deliver that status (a client
+//! that stopped reading, a stream memgate does not own such as reflection)
+//! gets [`STREAM_DRAIN`] once no call is working towards its response
+//! ([`only_streams_left`]); then memgate closes what is left.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+
+use crate::layers::InFlightCount;
+
+/// At shutdown, once no call is working towards its response, how long the
+/// streams that were told to end get to deliver their last status.
+pub const STREAM_DRAIN: Duration = Duration::from_secs(1);
 
 /// What a stream yields when it has an item ready and shutdown has begun.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +66,18 @@ where
             None => Some((Err(last), None)),
         }
     })
+}
+
+/// Completes once no call has been working towards its response for
+/// [`STREAM_DRAIN`]: what is left then are streams that were told to end.
+pub async fn only_streams_left(in_flight: Arc<InFlightCount>) {
+    loop {
+        in_flight.idle().await;
+        tokio::time::sleep(STREAM_DRAIN).await;
+        if in_flight.get() == 0 {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::Auth;
-use crate::layers::{DeadlineLayer, ShedLayer, oversized_request_status};
+use crate::layers::{DeadlineLayer, InFlightLayer, ShedLayer, oversized_request_status};
 
 use crate::config::{Backend, Config};
 use crate::service::CacheService;
@@ -135,6 +135,8 @@ async fn serve<S: Store>(
             draining.cancel();
         }
     };
+    let in_flight_layer = InFlightLayer::new();
+    let in_flight = in_flight_layer.count();
 
     // tonic ignores `tcp_nodelay` for a caller-supplied listener: set it on
     // each accepted socket, or Nagle's algorithm adds ~40 ms to every call.
@@ -172,7 +174,9 @@ async fn serve<S: Store>(
         .http2_max_header_list_size(16 * 1024)
         .http2_keepalive_interval(settings.http2_keepalive)
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        // The caller's deadline, enforced outermost so it bounds everything.
+        // Which calls are still working towards a response (shutdown).
+        .layer(in_flight_layer)
+        // The caller's deadline, enforced before the rest so it bounds them.
         .layer(DeadlineLayer)
         // One server-wide budget of in-flight calls; the rest are shed.
         .layer(ShedLayer::new(settings.max_concurrent_calls))
@@ -185,13 +189,18 @@ async fn serve<S: Store>(
         .serve_with_incoming_shutdown(incoming, drain);
 
     // tonic waits for every connection to close, with no bound. Streams end
-    // themselves at shutdown; unary calls get the grace, which bounds
-    // everything (including a stream memgate does not end, e.g. reflection).
+    // themselves at shutdown, but one may be unable to deliver its last
+    // status: once only streams are left, they get drain::STREAM_DRAIN.
+    // Unary calls get the grace, which bounds everything.
     let grace = settings.shutdown_grace;
     tokio::select! {
         r = server => r,
         _ = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "shutdown grace expired; closing remaining connections");
+            Ok(())
+        }
+        _ = async { draining.cancelled().await; drain::only_streams_left(in_flight).await } => {
+            tracing::info!("shutdown: no call in flight; closing connections still held by streams");
             Ok(())
         }
     }
