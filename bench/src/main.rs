@@ -314,7 +314,8 @@ async fn compare(cli: &Cli, concurrency: usize, seconds: u64, value_bytes: usize
 }
 
 async fn soak(cli: &Cli, seconds: u64, concurrency: usize) -> bool {
-    let (dir, _mcs, addrs) = start_pool(cli.shards);
+    // The temp dir and the memcached processes live until the soak ends.
+    let (_dir, _mcs, addrs) = start_pool(cli.shards);
     let mg = stack::memgate(&cli.memgate_bin, &addrs, &[]);
     let client = Client::connect(format!("http://{}", mg.addr))
         .await
