@@ -29,7 +29,7 @@ struct Profile {
     tags: Vec<String>,
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_key_operations() {
     let (mg, _pool) = setup().await;
     let c = connect(&mg).await;
@@ -55,7 +55,7 @@ async fn single_key_operations() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_json_values() {
     let (mg, _pool) = setup().await;
     let c = connect(&mg).await;
@@ -75,7 +75,7 @@ async fn typed_json_values() {
     assert!(err.to_string().contains(&key), "{err}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_and_list() {
     let (mg, _pool) = setup().await;
     let c = connect(&mg).await;
@@ -107,7 +107,7 @@ async fn batches_and_list() {
     assert_eq!(c.list(&prefix, 0).await.unwrap(), keys[10..].to_vec());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams() {
     let (mg, _pool) = setup().await;
     let c = connect(&mg).await;
@@ -143,7 +143,7 @@ async fn streams() {
     assert_eq!(deleted.count, n);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_keep_their_grpc_code() {
     let (mg, mut pool) = setup().await;
     let c = connect(&mg).await;
@@ -178,7 +178,7 @@ async fn errors_keep_their_grpc_code() {
     assert!(err.is_unavailable(), "{err:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_and_health() {
     let (mg, _pool) = setup().await;
     let c = Client::builder(format!("http://{}", mg.addr))

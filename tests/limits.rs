@@ -16,7 +16,7 @@ async fn small_limits() -> Memgate {
     Memgate::start(config).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_is_resource_exhausted() {
     let mg = small_limits().await;
     let items = (0..4)
@@ -42,7 +42,7 @@ async fn an_oversized_request_is_resource_exhausted() {
     mg.client.set("after", "ok", None).await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_response_is_resource_exhausted() {
     let mg = small_limits().await;
     let keys: Vec<String> = (0..4).map(|i| unique(&format!("resp{i}"))).collect();

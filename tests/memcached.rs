@@ -16,7 +16,7 @@ fn ring_for(pool: &[Memcached]) -> Ring {
     Ring::new(&specs)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_spread_over_every_shard_under_their_own_names() {
     let pool = common::pool(3);
     let mg = Memgate::over(&pool).await;
@@ -51,7 +51,7 @@ async fn keys_spread_over_every_shard_under_their_own_names() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn items_written_by_other_memcached_clients_are_visible() {
     let pool = common::pool(3);
     let mg = Memgate::over(&pool).await;
@@ -69,7 +69,7 @@ async fn items_written_by_other_memcached_clients_are_visible() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_shard_fails_only_its_own_keys() {
     let mut pool = common::pool(3);
     let mg = Memgate::over(&pool).await;
@@ -156,7 +156,7 @@ async fn a_dead_shard_fails_only_its_own_keys() {
     assert_eq!(pool[dead].direct_get(on_dead).await, Some(b"back".to_vec()));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_shard_times_out_without_stalling_the_others() {
     let pool = common::pool(3);
     let timeout = Duration::from_millis(300);
@@ -198,7 +198,7 @@ async fn a_hung_shard_times_out_without_stalling_the_others() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_pool() {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
@@ -238,7 +238,7 @@ async fn health_follows_the_pool() {
         .await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_serving_until_a_shard_answers() {
     use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -262,7 +262,7 @@ async fn not_serving_until_a_shard_answers() {
     mg.wait_for_status("", ServingStatus::Serving).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_are_limited_by_each_shards_item_size() {
     // One shard with a 2 MiB item limit, memgate allowing 3 MiB values.
     let pool = vec![Memcached::spawn_with(&["-I", "2m"])];
@@ -298,7 +298,7 @@ async fn values_are_limited_by_each_shards_item_size() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memcached_errors_never_desynchronise_connections() {
     // A full memcached with evictions off answers sets with SERVER_ERROR;
     // every later reply must still reach the request it belongs to.
@@ -352,7 +352,7 @@ async fn memcached_errors_never_desynchronise_connections() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_values_never_desynchronise_connections() {
     let pool = common::pool(3);
     let mg = Memgate::over(&pool).await;
@@ -385,7 +385,7 @@ async fn oversized_values_never_desynchronise_connections() {
 /// LRU queues (reads bump them; the LRU maintainer shuffles new items) —
 /// an LRU walk misses items that move behind it, the hash-table walk
 /// memgate uses does not.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_sees_every_key_under_lru_churn() {
     let pool = common::pool(3);
     let mg = Memgate::over(&pool).await;
@@ -437,4 +437,64 @@ async fn list_sees_every_key_under_lru_churn() {
     for c in churners {
         c.await.unwrap();
     }
+}
+
+/// Writes `key` (any bytes but space and control characters) straight to
+/// `mc` over the text protocol, as a client with no UTF-8 rule would.
+async fn raw_set(mc: &Memcached, key: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(&mc.addr).await.unwrap();
+    let mut cmd = b"set ".to_vec();
+    cmd.extend_from_slice(key);
+    cmd.extend_from_slice(b" 0 0 1\r\nx\r\n");
+    conn.write_all(&cmd).await.unwrap();
+    let mut reply = [0u8; 8];
+    conn.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"STORED\r\n", "memcached refused key {key:?}");
+}
+
+/// memcached keys may hold any byte but spaces and control characters, so
+/// another client can store a key that is not UTF-8. List cannot return
+/// such a key (keys are proto strings): it skips it and lists the rest,
+/// instead of failing the shard's whole dump.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_skips_keys_that_are_not_utf8() {
+    let pool = common::pool(2);
+    let mg = Memgate::over(&pool).await;
+    let prefix = unique("bytes");
+    let keys: Vec<String> = (0..20).map(|i| format!("{prefix}:{i:02}")).collect();
+    for k in &keys {
+        mg.client.set(k, "v", None).await.unwrap();
+    }
+    for mc in &pool {
+        raw_set(mc, b"\xff\xfekey").await;
+        // Inside the listed prefix too: skipped, not half-decoded.
+        let mut inside = format!("{prefix}:").into_bytes();
+        inside.extend_from_slice(b"\xc3\x28");
+        raw_set(mc, &inside).await;
+    }
+    let mut raw = mg.raw.clone();
+    let listed = raw
+        .list(pb::ListRequest {
+            prefix: format!("{prefix}:"),
+            limit: 0,
+        })
+        .await
+        .expect("List with non-UTF-8 keys on every shard")
+        .into_inner()
+        .keys;
+    assert_eq!(listed, keys);
+    let everything = raw
+        .list(pb::ListRequest {
+            prefix: String::new(),
+            limit: 0,
+        })
+        .await
+        .expect("List of every key")
+        .into_inner()
+        .keys;
+    assert!(
+        keys.iter().all(|k| everything.contains(k)),
+        "{everything:?}"
+    );
 }

@@ -83,7 +83,7 @@ fn tls_config(pki: &Pki, mutual: bool) -> Config {
     config
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_tls_to_clients_that_trust_its_ca() {
     let pki = pki();
     let (port, _stop) = serve(tls_config(&pki, false)).await;
@@ -126,7 +126,7 @@ fn pki_other_ca() -> String {
         .pem()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_requires_a_client_certificate() {
     let pki = pki();
     let (port, _stop) = serve(tls_config(&pki, true)).await;
@@ -152,7 +152,7 @@ async fn mutual_tls_requires_a_client_certificate() {
     assert!(refused, "a client without a certificate was served");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_tokens_guard_the_cache_but_not_the_probes() {
     const TOKEN_A: &str = "first-token-0123456789";
     const TOKEN_B: &str = "second-token-0123456789";

@@ -137,8 +137,9 @@ pub struct Cli {
     #[arg(long, env = "MEMGATE_HTTP2_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub http2_keepalive: Duration,
 
-    /// On SIGTERM: how long in-flight calls and streams may take to finish
-    /// before memgate closes their connections and exits.
+    /// On SIGTERM: how long unary calls in flight may take to finish before
+    /// memgate closes their connections and exits (open streams end at once
+    /// with UNAVAILABLE).
     #[arg(long, env = "MEMGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
@@ -188,7 +189,7 @@ pub struct ServerSettings {
     pub max_concurrent_streams: u32,
     /// HTTP/2 keepalive PING interval.
     pub http2_keepalive: Option<Duration>,
-    /// Bound on draining at shutdown.
+    /// Bound on draining unary calls at shutdown.
     pub shutdown_grace: Duration,
     /// Threads serving calls (1: a single event loop).
     pub worker_threads: usize,

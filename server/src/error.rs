@@ -98,11 +98,21 @@ pub enum Error {
         /// Which limit.
         what: String,
     },
-    /// The LRU crawler of a shard stayed busy with another dump.
-    #[error("memcached shard {addr} is busy with another key dump; retry List shortly")]
+    /// The LRU crawler of a shard stayed busy with other dumps.
+    #[error(
+        "memcached shard {addr} stayed busy with other key dumps for {waited:?} (a shard runs one dump at a time, and List dumps every shard); retry List in a few seconds"
+    )]
     ListBusy {
         /// The shard's address.
         addr: String,
+        /// How long List waited for the shard's crawler.
+        waited: Duration,
+    },
+    /// memgate is shutting down and ends a stream before its input does.
+    #[error("memgate is shutting down; retry on another replica: {resume}")]
+    ShuttingDown {
+        /// What the stream got done and what the client should resend.
+        resume: String,
     },
 }
 
@@ -121,9 +131,10 @@ impl Error {
             Error::InvalidKey { .. } | Error::ValueTooLarge { .. } | Error::TooManyKeys { .. } => {
                 Code::InvalidArgument
             }
-            Error::ShardUnavailable { .. } | Error::ShardDown { .. } | Error::ListBusy { .. } => {
-                Code::Unavailable
-            }
+            Error::ShardUnavailable { .. }
+            | Error::ShardDown { .. }
+            | Error::ListBusy { .. }
+            | Error::ShuttingDown { .. } => Code::Unavailable,
             Error::ShardTimeout { .. } => Code::DeadlineExceeded,
             Error::ResponseTooLarge { .. } | Error::Overloaded { .. } => Code::ResourceExhausted,
             Error::ShardError { .. } => Code::Internal,
@@ -178,6 +189,19 @@ mod tests {
                     after: Duration::from_millis(5),
                 },
                 Code::DeadlineExceeded,
+            ),
+            (
+                Error::ListBusy {
+                    addr: "a".into(),
+                    waited: Duration::from_secs(3),
+                },
+                Code::Unavailable,
+            ),
+            (
+                Error::ShuttingDown {
+                    resume: "resend the stream".into(),
+                },
+                Code::Unavailable,
             ),
         ];
         for (err, code) in cases {

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::sync::{Notify, Semaphore};
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -187,6 +189,115 @@ where
     }
 }
 
+/// Counts the calls still working towards their response: unary calls in
+/// flight and client streams still reading. A server or bidirectional
+/// stream (a BatchGetStream, a health Watch) stops counting once its
+/// response has begun. At shutdown this tells unary calls, which keep the
+/// grace, from streams, which are told to end.
+#[derive(Clone, Debug, Default)]
+pub struct InFlightLayer {
+    count: Arc<InFlightCount>,
+}
+
+impl InFlightLayer {
+    /// A layer counting from zero.
+    pub fn new() -> InFlightLayer {
+        InFlightLayer::default()
+    }
+
+    /// The count it keeps.
+    pub fn count(&self) -> Arc<InFlightCount> {
+        self.count.clone()
+    }
+}
+
+/// The count an [`InFlightLayer`] keeps.
+#[derive(Debug, Default)]
+pub struct InFlightCount {
+    calls: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlightCount {
+    /// Calls counted now.
+    pub fn get(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Completes once no call is counted.
+    pub async fn idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            // Registered before the check, so a call ending in between
+            // still wakes it.
+            idle.as_mut().enable();
+            if self.get() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> Counted {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Counted(self.clone())
+    }
+}
+
+impl<S> Layer<S> for InFlightLayer {
+    type Service = InFlight<S>;
+    fn layer(&self, inner: S) -> InFlight<S> {
+        InFlight {
+            inner,
+            count: self.count.clone(),
+        }
+    }
+}
+
+/// See [`InFlightLayer`].
+#[derive(Clone, Debug)]
+pub struct InFlight<S> {
+    inner: S,
+    count: Arc<InFlightCount>,
+}
+
+/// Counts one call until dropped (also when its future is cancelled).
+struct Counted(Arc<InFlightCount>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.calls.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl<S, B> Service<http::Request<B>> for InFlight<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let counted = self.count.enter();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(counted);
+            r
+        })
+    }
+}
+
 /// Reports a request larger than the message limit as RESOURCE_EXHAUSTED
 /// (what gRPC specifies, and what other servers send) instead of tonic's
 /// OUT_OF_RANGE, with a hint the caller can act on. Used with
@@ -245,6 +356,40 @@ mod tests {
             Duration::from_millis(8)
         );
         assert_eq!(answer_by(Duration::from_millis(1)), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn counts_calls_until_their_response_begins() {
+        let layer = InFlightLayer::new();
+        let count = layer.count();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let released = Arc::new(tokio::sync::Mutex::new(Some(released)));
+        let mut svc = layer.layer(tower::service_fn(move |_req: http::Request<()>| {
+            let released = released.clone();
+            async move {
+                if let Some(rx) = released.lock().await.take() {
+                    let _ = rx.await;
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
+            }
+        }));
+        let call = tokio::spawn(svc.call(http::Request::new(())));
+        assert_eq!(count.get(), 1);
+        let idle = tokio::spawn({
+            let count = count.clone();
+            async move { count.idle().await }
+        });
+        // A call cancelled before answering stops counting too.
+        let cancelled = svc.call(http::Request::new(()));
+        assert_eq!(count.get(), 2);
+        drop(cancelled);
+        assert_eq!(count.get(), 1);
+        tokio::task::yield_now().await;
+        assert!(!idle.is_finished());
+        release.send(()).unwrap();
+        call.await.unwrap().unwrap();
+        assert_eq!(count.get(), 0);
+        idle.await.unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod fuzzing;
 pub mod health;
@@ -25,9 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::auth::Auth;
-use crate::layers::{DeadlineLayer, ShedLayer, oversized_request_status};
+use crate::layers::{DeadlineLayer, InFlightLayer, ShedLayer, oversized_request_status};
 
 use crate::config::{Backend, Config};
 use crate::service::CacheService;
@@ -41,7 +43,9 @@ const STREAM_WINDOW: u32 = 64 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// Serves memgate on `listener` until `shutdown` completes, then drains
-/// in-flight calls and returns.
+/// and returns: unary calls in flight may finish within the shutdown grace;
+/// streams end at once with UNAVAILABLE (they have no natural end; see
+/// [`drain`]).
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -82,7 +86,10 @@ async fn serve<S: Store>(
         "memgate serving"
     );
 
-    let (reporter, health_service) = tonic_health::server::health_reporter();
+    // Cancelled once shutdown begins: streams end, unary calls go on.
+    let draining = CancellationToken::new();
+    let reporter = HealthReporter::new();
+    let health_service = health::service(&reporter, draining.clone());
     health::set_all(&reporter, ServingStatus::NotServing).await;
     let stop_checker = CancellationToken::new();
     tokio::spawn(health::run_checker(
@@ -93,7 +100,8 @@ async fn serve<S: Store>(
     ));
 
     let limit = config.limits.max_message_bytes;
-    let cache = CacheServer::from_arc(Arc::new(CacheService::new(store, config.limits.clone())))
+    let service = CacheService::new(store, config.limits.clone(), draining.clone());
+    let cache = CacheServer::from_arc(Arc::new(service))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
     // Only the Cache service needs credentials; probes stay open.
@@ -115,18 +123,20 @@ async fn serve<S: Store>(
         (None, None)
     };
 
-    let draining = Arc::new(tokio::sync::Notify::new());
     let drain = {
         let draining = draining.clone();
         async move {
             shutdown.await;
-            // Tell meshes and probes first, then stop accepting.
+            // Tell meshes and probes first, then end streams (a Watch
+            // delivers NOT_SERVING before it ends) and stop accepting.
             stop_checker.cancel();
             health::set_all(&reporter, ServingStatus::NotServing).await;
-            tracing::info!("shutting down: draining in-flight calls");
-            draining.notify_one();
+            tracing::info!("shutting down: ending streams, draining in-flight calls");
+            draining.cancel();
         }
     };
+    let in_flight_layer = InFlightLayer::new();
+    let in_flight = in_flight_layer.count();
 
     // tonic ignores `tcp_nodelay` for a caller-supplied listener: set it on
     // each accepted socket, or Nagle's algorithm adds ~40 ms to every call.
@@ -164,7 +174,9 @@ async fn serve<S: Store>(
         .http2_max_header_list_size(16 * 1024)
         .http2_keepalive_interval(settings.http2_keepalive)
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        // The caller's deadline, enforced outermost so it bounds everything.
+        // Which calls are still working towards a response (shutdown).
+        .layer(in_flight_layer)
+        // The caller's deadline, enforced before the rest so it bounds them.
         .layer(DeadlineLayer)
         // One server-wide budget of in-flight calls; the rest are shed.
         .layer(ShedLayer::new(settings.max_concurrent_calls))
@@ -176,13 +188,19 @@ async fn serve<S: Store>(
         .add_optional_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, drain);
 
-    // tonic waits for every connection to close, with no bound (an open
-    // health Watch would hold shutdown forever): bound it by the grace.
+    // tonic waits for every connection to close, with no bound. Streams end
+    // themselves at shutdown, but one may be unable to deliver its last
+    // status: once only streams are left, they get drain::STREAM_DRAIN.
+    // Unary calls get the grace, which bounds everything.
     let grace = settings.shutdown_grace;
     tokio::select! {
         r = server => r,
-        _ = async { draining.notified().await; tokio::time::sleep(grace).await } => {
+        _ = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(?grace, "shutdown grace expired; closing remaining connections");
+            Ok(())
+        }
+        _ = async { draining.cancelled().await; drain::only_streams_left(in_flight).await } => {
+            tracing::info!("shutdown: no call in flight; closing connections still held by streams");
             Ok(())
         }
     }

@@ -312,6 +312,11 @@ impl Memgate {
         }
     }
 
+    /// True once the server task has ended (without waiting for it).
+    pub fn is_finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// Waits for the server task to end, however shutdown began.
     pub async fn join(&mut self) {
         if let Some(task) = self.task.take() {

@@ -4,6 +4,9 @@
 //! batches in [`batch`], streams in [`stream`]. Requests are parsed into
 //! validated types here at the edge, so nothing is written before every rule
 //! has passed; errors become statuses in one place (`crate::error`).
+//!
+//! Streams have no natural end, so at shutdown the service ends them itself
+//! (see [`stream`]): `draining` is cancelled once shutdown begins.
 
 mod batch;
 mod single;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use memgate_api::v1 as pb;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Limits;
@@ -29,16 +33,20 @@ pub struct CacheService<S> {
     limits: Limits,
     /// Bytes of values held for all calls at once.
     budget: Arc<ByteBudget>,
+    /// Cancelled when shutdown begins: open streams end.
+    draining: CancellationToken,
 }
 
 impl<S: Store> CacheService<S> {
-    /// A service answering from `store` within `limits`.
-    pub fn new(store: Arc<S>, limits: Limits) -> Self {
+    /// A service answering from `store` within `limits`; its open streams
+    /// end (UNAVAILABLE) once `draining` is cancelled.
+    pub fn new(store: Arc<S>, limits: Limits, draining: CancellationToken) -> Self {
         let budget = ByteBudget::new(limits.max_inflight_bytes);
         CacheService {
             store,
             limits,
             budget,
+            draining,
         }
     }
 

@@ -11,16 +11,26 @@
 //! stream. A client that reads slowly therefore slows the server's reading
 //! of its requests down (backpressure) instead of making it buffer. An
 //! invalid item is reported for that item; the stream goes on.
+//!
+//! At shutdown a stream stops reading after the chunk in hand and ends with
+//! UNAVAILABLE ([`Error::ShuttingDown`]), telling the client what to resend
+//! to another replica; without that, an open stream would hold the server
+//! until the shutdown grace expires. Client streams answer UNAVAILABLE, not
+//! OK with partial totals: OK would tell a client that every item it sent
+//! was handled, and resending a whole stream of sets or deletes is safe.
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::stream::ReadyChunks;
+use futures::{FutureExt, StreamExt};
 use memgate_api::v1 as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
 use super::batch::key_error;
 use super::{BoxStream, CacheService};
+use crate::drain::{Prefer, end_on_drain};
 use crate::error::Error;
 use crate::key::Key;
 use crate::store::Store;
@@ -44,12 +54,40 @@ struct PieceHold {
 /// failures are still counted out of `stored`/`deleted`, not listed.
 pub(super) const MAX_STREAM_ERRORS: usize = 1000;
 
+/// What a streaming handler does next.
+enum Next<T> {
+    /// Handle this chunk of input.
+    Chunk(Vec<Result<T, Status>>),
+    /// The client closed its side: answer as usual.
+    End,
+    /// Shutdown began: stop reading.
+    Draining,
+}
+
+/// Waits for the next chunk of input, unless shutdown begins first. Input
+/// that has already ended still counts as ended, so a stream the client
+/// finished is answered as usual.
+async fn next_chunk<T>(
+    chunks: &mut ReadyChunks<Streaming<T>>,
+    draining: &CancellationToken,
+) -> Next<T> {
+    tokio::select! {
+        biased;
+        _ = draining.cancelled() => match chunks.next().now_or_never() {
+            Some(None) => Next::End,
+            _ => Next::Draining,
+        },
+        chunk = chunks.next() => chunk.map_or(Next::End, Next::Chunk),
+    }
+}
+
 impl<S: Store> CacheService<S> {
     pub(super) fn get_stream(&self, input: Streaming<pb::GetRequest>) -> BoxStream<pb::GetResult> {
         let service = CacheService {
             store: self.store.clone(),
             limits: self.limits.clone(),
             budget: self.budget.clone(),
+            draining: self.draining.clone(),
         };
         // Items are bounded by the pieces in flight, not by this channel.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(
@@ -58,8 +96,11 @@ impl<S: Store> CacheService<S> {
         )>();
         tokio::spawn(async move {
             let turns = Arc::new(Semaphore::new(PIECES_IN_FLIGHT));
+            let draining = &service.draining;
             let mut chunks = input.ready_chunks(STREAM_CHUNK);
-            while let Some(chunk) = chunks.next().await {
+            // Ends on drain too, dropping the input: the request side must
+            // close for the connection to close.
+            while let Next::Chunk(chunk) = next_chunk(&mut chunks, draining).await {
                 let mut keys = Vec::with_capacity(chunk.len());
                 // Keep request order: invalid keys get their error in place.
                 let mut slots = Vec::with_capacity(chunk.len());
@@ -83,6 +124,7 @@ impl<S: Store> CacheService<S> {
                         },
                     }
                 }
+                // The chunk in hand is finished even if shutdown begins.
                 let mut slots = slots.into_iter().peekable();
                 let mut pieces = vec![keys];
                 while let Some(piece) = pieces.pop() {
@@ -117,7 +159,7 @@ impl<S: Store> CacheService<S> {
                         }
                         slots.next();
                         if tx.send((Ok(result), Some(hold.clone()))).is_err() {
-                            return; // the client went away
+                            return; // the client went away, or shutdown ended the stream
                         }
                     }
                 }
@@ -129,8 +171,20 @@ impl<S: Store> CacheService<S> {
             }
         });
         // The piece's bytes are released as the client takes its results.
-        let out = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|(r, _hold)| r);
-        Box::pin(out)
+        // At shutdown the results end at once, even those still queued
+        // here: a client reading slowly must not hold the server. Results
+        // come in request order, so the client knows which keys to resend.
+        let results = tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|(r, _hold)| r);
+        let last = Error::ShuttingDown {
+            resume: "results come in request order; resend the keys after the last result received"
+                .into(),
+        };
+        Box::pin(end_on_drain(
+            results,
+            &self.draining,
+            Prefer::Drain,
+            last.into(),
+        ))
     }
 
     pub(super) async fn set_stream(
@@ -139,7 +193,19 @@ impl<S: Store> CacheService<S> {
     ) -> Result<pb::BatchSetResponse, Status> {
         let mut resp = pb::BatchSetResponse::default();
         let mut chunks = input.ready_chunks(STREAM_CHUNK);
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let chunk = match next_chunk(&mut chunks, &self.draining).await {
+                Next::Chunk(chunk) => chunk,
+                Next::End => break,
+                Next::Draining => {
+                    let resume = format!(
+                        "this stream stored {} items{} before memgate stopped reading it; resend the whole stream (sets are idempotent)",
+                        resp.stored,
+                        failed_count(&resp.errors)
+                    );
+                    return Err(Error::ShuttingDown { resume }.into());
+                }
+            };
             let mut items = Vec::with_capacity(chunk.len());
             for msg in chunk {
                 let req = msg?;
@@ -166,7 +232,19 @@ impl<S: Store> CacheService<S> {
     ) -> Result<pb::BatchDeleteResponse, Status> {
         let mut resp = pb::BatchDeleteResponse::default();
         let mut chunks = input.ready_chunks(STREAM_CHUNK);
-        while let Some(chunk) = chunks.next().await {
+        loop {
+            let chunk = match next_chunk(&mut chunks, &self.draining).await {
+                Next::Chunk(chunk) => chunk,
+                Next::End => break,
+                Next::Draining => {
+                    let resume = format!(
+                        "this stream deleted {} keys{} before memgate stopped reading it; resend the whole stream (deletes are idempotent)",
+                        resp.deleted,
+                        failed_count(&resp.errors)
+                    );
+                    return Err(Error::ShuttingDown { resume }.into());
+                }
+            };
             let mut keys = Vec::with_capacity(chunk.len());
             for msg in chunk {
                 let req = msg?;
@@ -184,6 +262,15 @@ impl<S: Store> CacheService<S> {
             }
         }
         Ok(resp)
+    }
+}
+
+/// ", and N failed" when items failed (a count of those listed).
+fn failed_count(errors: &[pb::KeyError]) -> String {
+    match errors.len() {
+        0 => String::new(),
+        n if n >= MAX_STREAM_ERRORS => format!(", and {n} or more failed"),
+        n => format!(", and {n} failed"),
     }
 }
 

@@ -7,8 +7,8 @@
 //! pipelined quiet commands closed by one `mn` (in chunks), so a batch
 //! costs a round trip per shard rather than per key, and a shard that
 //! fails only fails its own keys. Servers without the meta protocol get
-//! the text protocol's equivalents. List fans `lru_crawler metadump` out
-//! to every shard.
+//! the text protocol's equivalents. List fans `lru_crawler metadump hash` out
+//! to every shard, one dump per shard at a time.
 
 pub mod connection;
 pub mod meta;
@@ -41,9 +41,10 @@ use crate::key::Key;
 const BATCH_CHUNK: usize = 100;
 /// Writes in flight at once for one batch on a text-protocol server.
 const WRITE_CONCURRENCY: usize = 256;
-/// How long List keeps retrying a shard whose crawler is busy (memcached
-/// runs one crawl at a time, and crawls on its own to reclaim expired
-/// items), and the first wait between tries (doubling up to the cap).
+/// How long List waits for a shard's crawler — its turn among this
+/// server's Lists, then retries while memcached answers BUSY (it runs one
+/// crawl at a time, and crawls on its own to reclaim expired items) — and
+/// the first wait between tries (doubling up to the cap).
 const LIST_BUSY_PATIENCE: Duration = Duration::from_secs(3);
 const LIST_BUSY_BACKOFF: Duration = Duration::from_millis(10);
 const LIST_BUSY_BACKOFF_MAX: Duration = Duration::from_millis(200);
@@ -57,6 +58,9 @@ type GetOutcome = Result<Option<Bytes>, Error>;
 pub struct ShardedStore {
     ring: Ring,
     shards: Vec<Arc<Shard>>,
+    /// One per shard: held for a key dump, so this server sends a shard at
+    /// most one dump at a time (memcached would answer the others BUSY).
+    dump_turns: Vec<tokio::sync::Mutex<()>>,
     max_value_bytes: usize,
     list_timeout: Duration,
     on_down: OnShardDown,
@@ -96,6 +100,7 @@ impl ShardedStore {
                 .iter()
                 .map(|s| Arc::new(Shard::new(s.addr.clone(), settings.clone())))
                 .collect(),
+            dump_turns: shards.iter().map(|_| tokio::sync::Mutex::new(())).collect(),
             max_value_bytes,
             list_timeout,
             on_down,
@@ -445,29 +450,42 @@ impl ShardedStore {
     /// on a memcached too old to know it.
     async fn list_shard(
         &self,
-        shard: &Shard,
+        index: usize,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, Error> {
-        match self.dump_shard(shard, DumpWalk::Hash, prefix, limit).await {
+        match self.dump_shard(index, DumpWalk::Hash, prefix, limit).await {
             Err(Error::ShardError { message, .. }) if message.contains("rejected") => {
-                tracing::debug!(shard = %shard.addr(), %message, "no hash walk; using the LRU walk");
-                self.dump_shard(shard, DumpWalk::Lru, prefix, limit).await
+                let shard = self.shards[index].addr();
+                tracing::debug!(%shard, %message, "no hash walk; using the LRU walk");
+                self.dump_shard(index, DumpWalk::Lru, prefix, limit).await
             }
             other => other,
         }
     }
 
-    /// Dumps one shard's keys, retrying while its crawler is busy.
+    /// Dumps one shard's keys once it is this List's turn, retrying while
+    /// the shard's crawler is busy; both waits share the list patience.
     async fn dump_shard(
         &self,
-        shard: &Shard,
+        index: usize,
         walk: DumpWalk,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, Error> {
+        let shard = &self.shards[index];
+        let busy = || Error::ListBusy {
+            addr: shard.addr().to_owned(),
+            waited: LIST_BUSY_PATIENCE,
+        };
         let mut backoff = LIST_BUSY_BACKOFF;
         let give_up = tokio::time::Instant::now() + LIST_BUSY_PATIENCE;
+        // Held across BUSY retries too: the Lists waiting here would only
+        // meet the same busy crawler.
+        let Ok(_turn) = tokio::time::timeout_at(give_up, self.dump_turns[index].lock()).await
+        else {
+            return Err(busy());
+        };
         while tokio::time::Instant::now() < give_up {
             let mut cmd = BytesMut::new();
             protocol::encode_metadump(&mut cmd, walk);
@@ -479,7 +497,16 @@ impl ShardedStore {
                 .request_alone(cmd.freeze(), decoder, self.list_timeout)
                 .await?
             {
-                protocol::Reply::Keys(keys) => return Ok(keys),
+                protocol::Reply::Keys { keys, skipped } => {
+                    if skipped > 0 {
+                        tracing::debug!(
+                            shard = %shard.addr(),
+                            skipped,
+                            "List skipped keys that are not UTF-8 (written by another client); they cannot be returned as strings"
+                        );
+                    }
+                    return Ok(keys);
+                }
                 protocol::Reply::Busy(_) => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(LIST_BUSY_BACKOFF_MAX);
@@ -487,9 +514,7 @@ impl ShardedStore {
                 other => return Err(unexpected(shard, Reply::Text(other))),
             }
         }
-        Err(Error::ListBusy {
-            addr: shard.addr().to_owned(),
-        })
+        Err(busy())
     }
 }
 
@@ -648,12 +673,9 @@ impl Store for ShardedStore {
     }
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>, Error> {
-        let per_shard = join_all(
-            self.shards
-                .iter()
-                .map(|s| self.list_shard(s, prefix, limit)),
-        )
-        .await;
+        let per_shard =
+            join_all((0..self.shards.len()).map(|index| self.list_shard(index, prefix, limit)))
+                .await;
         let mut keys = Vec::new();
         for shard_keys in per_shard {
             keys.extend(shard_keys?);

@@ -76,7 +76,14 @@ pub enum Reply {
     Stats(Vec<(String, String)>),
     /// Keys from `lru_crawler metadump`, filtered and capped (see
     /// [`Decoder::metadump`]).
-    Keys(Vec<String>),
+    Keys {
+        /// The keys kept, sorted.
+        keys: Vec<String>,
+        /// Live keys matching the prefix that were skipped because they
+        /// are not UTF-8 (another client wrote them; memgate's keys are
+        /// strings, so it cannot return them).
+        skipped: usize,
+    },
     /// `BUSY <message>`: the LRU crawler is already running a dump.
     Busy(String),
     /// `SERVER_ERROR <message>`: memcached could not do it (e.g. out of
@@ -167,6 +174,7 @@ struct Metadump {
     limit: usize,
     now_unix: i64,
     keys: BTreeSet<String>,
+    skipped: usize,
 }
 
 /// Decodes the reply to one command, incrementally. Feed it the connection's
@@ -221,7 +229,8 @@ impl Decoder {
 
     /// For `lru_crawler metadump all`: keeps the `limit` smallest keys that
     /// start with `prefix` and have not expired at `now_unix`, so memory stays
-    /// bounded however many items the shard holds.
+    /// bounded however many items the shard holds. Keys that are not UTF-8
+    /// are counted and skipped.
     pub fn metadump(prefix: String, limit: usize, now_unix: i64) -> Decoder {
         Decoder {
             expect: Expect::Metadump(Metadump {
@@ -229,6 +238,7 @@ impl Decoder {
                 limit,
                 now_unix,
                 keys: BTreeSet::new(),
+                skipped: 0,
             }),
         }
     }
@@ -334,7 +344,10 @@ impl Decoder {
                     if line == "END" {
                         buf.advance(line_len + 1);
                         let keys = std::mem::take(&mut dump.keys);
-                        return Ok(Some(Reply::Keys(keys.into_iter().collect())));
+                        return Ok(Some(Reply::Keys {
+                            keys: keys.into_iter().collect(),
+                            skipped: dump.skipped,
+                        }));
                     }
                     if let Some(msg) = line.strip_prefix("BUSY ") {
                         let reply = Reply::Busy(msg.to_owned());
@@ -381,10 +394,16 @@ impl Metadump {
         if exp != -1 && exp <= self.now_unix {
             return Ok(());
         }
+        // A broken escape means the peer is not memcached; a key that is
+        // not UTF-8 is only a key memgate cannot return.
         let key = percent_decode(key).ok_or_else(|| ProtocolError::Unexpected(truncate(line)))?;
-        if !key.starts_with(&self.prefix) {
+        if !key.starts_with(self.prefix.as_bytes()) {
             return Ok(());
         }
+        let Ok(key) = String::from_utf8(key) else {
+            self.skipped += 1;
+            return Ok(());
+        };
         if self.keys.len() < self.limit {
             self.keys.insert(key);
         } else if self.keys.last().is_some_and(|last| &key < last) {
@@ -461,8 +480,9 @@ fn parse_value_header(rest: &str) -> Result<(&str, usize), ProtocolError> {
     }
 }
 
-/// Decodes memcached's URL-style key escaping in metadump output.
-fn percent_decode(s: &str) -> Option<String> {
+/// Decodes memcached's URL-style key escaping in metadump output into the
+/// key's bytes (which need not be UTF-8); `None` if an escape is broken.
+fn percent_decode(s: &str) -> Option<Vec<u8>> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -476,7 +496,7 @@ fn percent_decode(s: &str) -> Option<String> {
             i += 1;
         }
     }
-    String::from_utf8(out).ok()
+    Some(out)
 }
 
 #[cfg(test)]
@@ -667,7 +687,10 @@ END\r\n";
         let d = Decoder::metadump("user:".into(), 2, 1000);
         assert_eq!(
             decode_all(d, input),
-            Ok(Some(Reply::Keys(vec!["user:1".into(), "user:2".into()])))
+            Ok(Some(Reply::Keys {
+                keys: vec!["user:1".into(), "user:2".into()],
+                skipped: 0
+            }))
         );
         assert_eq!(
             decode_all(
@@ -681,9 +704,48 @@ END\r\n";
     }
 
     #[test]
+    fn metadump_skips_and_counts_keys_that_are_not_utf8() {
+        let input = b"key=a%3A1 exp=-1 la=1 cas=1 fetch=no cls=1 size=63\n\
+key=%FF%FEkey exp=-1 la=1 cas=2 fetch=no cls=1 size=63\n\
+key=a%3A%C3%28 exp=-1 la=1 cas=3 fetch=no cls=1 size=63\n\
+key=a%3A%E2%82%AC exp=-1 la=1 cas=4 fetch=no cls=1 size=63\n\
+key=a%3A%FF exp=500 la=1 cas=5 fetch=no cls=1 size=63\n\
+END\r\n";
+        // Everything: two bad live keys skipped; the expired one is not
+        // counted (it would not be listed anyway).
+        assert_eq!(
+            decode_all(Decoder::metadump(String::new(), 10, 1000), input),
+            Ok(Some(Reply::Keys {
+                keys: vec!["a:1".into(), "a:€".into()],
+                skipped: 2
+            }))
+        );
+        // Only keys inside the prefix count.
+        assert_eq!(
+            decode_all(Decoder::metadump("a:".into(), 10, 1000), input),
+            Ok(Some(Reply::Keys {
+                keys: vec!["a:1".into(), "a:€".into()],
+                skipped: 1
+            }))
+        );
+        // A broken escape is still a protocol error.
+        assert!(matches!(
+            decode_all(
+                Decoder::metadump(String::new(), 10, 0),
+                b"key=a%F exp=-1 la=1 cas=1 fetch=no cls=1 size=63\nEND\r\n"
+            ),
+            Err(ProtocolError::Unexpected(_))
+        ));
+    }
+
+    #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("a%2520b").as_deref(), Some("a%20b"));
-        assert_eq!(percent_decode("%E2%82%AC").as_deref(), Some("€"));
+        assert_eq!(percent_decode("a%2520b").as_deref(), Some(&b"a%20b"[..]));
+        assert_eq!(percent_decode("%E2%82%AC").as_deref(), Some("€".as_bytes()));
+        assert_eq!(
+            percent_decode("%FF%FEk").as_deref(),
+            Some(&b"\xff\xfek"[..])
+        );
         assert_eq!(percent_decode("bad%2"), None);
         assert_eq!(percent_decode("bad%zz"), None);
     }
