@@ -360,7 +360,7 @@ impl Client {
                 |mut stub, req| async move { stub.get(req).await },
             )
             .await?;
-        Ok(resp.found.then(|| resp.value.into()))
+        Ok(resp.found.then_some(resp.value))
     }
 
     /// Stores `value` under `key`. `ttl`: `None` uses the server's default
@@ -620,7 +620,7 @@ fn lookup(r: pb::GetResult) -> Lookup {
     });
     Lookup {
         key: r.key,
-        value: r.found.then(|| r.value.into()),
+        value: r.found.then_some(r.value),
         error,
     }
 }

@@ -46,7 +46,7 @@ impl<S: Store> CacheService<S> {
                 Ok(Some(value)) => pb::GetResult {
                     key: key.to_string(),
                     found: true,
-                    value: value.into(),
+                    value,
                     ..Default::default()
                 },
                 Ok(None) => pb::GetResult {

@@ -89,7 +89,7 @@ impl<S: Store> CacheService<S> {
         let ttl = Ttl::from_secs(req.ttl_seconds.unwrap_or(self.limits.default_ttl));
         Ok(Item {
             key,
-            value: req.value.into(),
+            value: req.value,
             ttl,
         })
     }

@@ -12,10 +12,7 @@ impl<S: Store> CacheService<S> {
         // Held until the response is built; the value is charged to it.
         let budget = self.reservation();
         Ok(match self.store.get(&key, &budget).await? {
-            Some(value) => pb::GetResponse {
-                found: true,
-                value: value.into(),
-            },
+            Some(value) => pb::GetResponse { found: true, value },
             None => pb::GetResponse::default(),
         })
     }
