@@ -1,12 +1,17 @@
 //! One pipelined connection to a memcached server.
 //!
 //! Many requests share a connection. A caller appends its encoded command
-//! to the connection's write buffer and registers what it waits for; if no
-//! write is under way it writes the buffer itself, at once and without
-//! blocking (a lone request is never delayed to wait for company), and
-//! whatever other callers appended meanwhile goes out in the same write.
-//! Only when the socket is full does a writer task take over. One reader
-//! task decodes replies and hands each to its caller.
+//! to the connection's write buffer and registers what it waits for. On a
+//! single-threaded runtime (memgate's default) the connection's writer task
+//! then sends the buffer: it runs right after the tasks already queued, so
+//! every request those tasks make (the Gets decoded from one read of a
+//! client connection, say) goes out in one write, and a lone request waits
+//! only for the tasks ahead of it, never for a timer. On a multi-threaded
+//! runtime, where waking the writer may mean waking another thread, the
+//! caller writes the buffer itself, at once and without blocking, and
+//! whatever others append meanwhile goes out in the same write; the writer
+//! task takes over only when the socket is full. One reader task decodes
+//! replies and hands each to its caller.
 //!
 //! Replies are matched to requests by more than position. On a meta
 //! connection every request carries an opaque token and asks for its key
@@ -163,6 +168,8 @@ struct Shared {
     mode: Mode,
     /// Text mode: one request at a time.
     turn: Semaphore,
+    /// Leave every write to the writer task (single-threaded runtime).
+    defer_writes: bool,
 }
 
 impl Shared {
@@ -201,6 +208,8 @@ impl Connection {
             closed: CancellationToken::new(),
             mode,
             turn: Semaphore::new(1),
+            defer_writes: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::CurrentThread,
         });
         tokio::spawn(write_loop(shared.clone()));
         tokio::spawn(read_loop(shared.clone()));
@@ -285,6 +294,11 @@ impl Connection {
             return Ok(rx);
         }
         st.flushing = true;
+        if shared.defer_writes {
+            drop(st);
+            shared.write_wanted.notify_one();
+            return Ok(rx);
+        }
         loop {
             let mut out = st.wbuf.split();
             drop(st);
@@ -346,12 +360,18 @@ async fn write_loop(shared: Arc<Shared>) {
                 }
                 st.wbuf.split()
             };
-            while !out.is_empty() {
-                let ready = tokio::select! {
-                    _ = shared.closed.cancelled() => return,
-                    r = shared.stream.writable() => r,
+            loop {
+                // The socket is usually writable: try first, wait if not.
+                let written = write_now(&shared.stream, &mut out);
+                let ready = match written {
+                    Ok(()) if out.is_empty() => break,
+                    Ok(()) => tokio::select! {
+                        _ = shared.closed.cancelled() => return,
+                        r = shared.stream.writable() => r,
+                    },
+                    Err(e) => Err(e),
                 };
-                if let Err(e) = ready.and_then(|()| write_now(&shared.stream, &mut out)) {
+                if let Err(e) = ready {
                     shared.state().write_error = Some(e);
                     shared.closed.cancel();
                     return;
@@ -631,6 +651,16 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replies_are_matched_by_token_and_key() {
+        matched_by_token_and_key().await;
+    }
+
+    /// The same on one thread, where the writer task sends every write.
+    #[tokio::test(flavor = "current_thread")]
+    async fn replies_are_matched_by_token_and_key_on_one_thread() {
+        matched_by_token_and_key().await;
+    }
+
+    async fn matched_by_token_and_key() {
         let (conn, mut peer) = pair(Mode::Meta).await;
         let (a, b) = (conn.clone(), conn.clone());
         let first = tokio::spawn(async move { a.request(get("a"), T).await });
