@@ -67,6 +67,11 @@ impl Key {
         &self.0
     }
 
+    /// The key as an owned string, without a copy.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     /// The key's length in bytes.
     pub fn len(&self) -> usize {
         self.0.len()

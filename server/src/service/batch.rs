@@ -44,17 +44,17 @@ impl<S: Store> CacheService<S> {
             .zip(outcomes)
             .map(|(key, outcome)| match outcome {
                 Ok(Some(value)) => pb::GetResult {
-                    key: key.to_string(),
+                    key: key.into_string(),
                     found: true,
                     value,
                     ..Default::default()
                 },
                 Ok(None) => pb::GetResult {
-                    key: key.to_string(),
+                    key: key.into_string(),
                     ..Default::default()
                 },
                 Err(e) => pb::GetResult {
-                    key: key.to_string(),
+                    key: key.into_string(),
                     error: e.to_string(),
                     error_code: e.code() as i32,
                     ..Default::default()

@@ -80,7 +80,7 @@ pub enum Expect {
     /// A quiet meta batch for these keys (token `base + i` for key `i`),
     /// closed by `MN`: replies come only for what quiet mode does not
     /// suppress, in key order.
-    Quiet(Vec<Key>),
+    Quiet(Arc<[Key]>),
     /// A text-protocol reply.
     Text(Decoder),
 }
@@ -595,13 +595,13 @@ fn decode_meta(p: &mut Pending, buf: &mut BytesMut) -> Result<Option<Reply>, Pro
     }
 }
 
-fn check_key(got: Option<&str>, want: &Key) -> Result<(), ProtocolError> {
-    if got == Some(want.as_str()) {
+fn check_key(got: Option<&[u8]>, want: &Key) -> Result<(), ProtocolError> {
+    if got == Some(want.as_str().as_bytes()) {
         Ok(())
     } else {
         Err(mismatch(format!(
             "key {:?} where {:?} was awaited",
-            got.map(crate::error::shorten),
+            got.map(|k| crate::error::shorten(&String::from_utf8_lossy(k))),
             crate::error::shorten(want.as_str())
         )))
     }
@@ -763,7 +763,7 @@ mod tests {
                     meta::encode_noop(buf);
                 },
                 tokens: 3,
-                expect: Expect::Quiet(keys),
+                expect: Expect::Quiet(keys.into()),
                 max_value: 1 << 20,
                 budget: None,
             };
@@ -795,7 +795,7 @@ mod tests {
             let req = Request {
                 encode: |buf: &mut BytesMut, _| meta::encode_noop(buf),
                 tokens: 2,
-                expect: Expect::Quiet(keys),
+                expect: Expect::Quiet(keys.into()),
                 max_value: 1 << 20,
                 budget: None,
             };
@@ -858,7 +858,7 @@ mod tests {
             let req = Request {
                 encode: |buf: &mut BytesMut, _| meta::encode_noop(buf),
                 tokens: 2,
-                expect: Expect::Quiet(keys),
+                expect: Expect::Quiet(keys.into()),
                 max_value: 1 << 20,
                 budget: Some(b),
             };

@@ -196,50 +196,47 @@ pub enum Line {
 pub struct BadLine(pub String);
 
 /// Parses one reply line (without its `\r\n`), returning it and the key it
-/// echoes (`k<key>`), if any.
-pub fn parse_line(line: &[u8]) -> Result<(Line, Option<&str>), BadLine> {
+/// echoes (`k<key>`), if any. Works on bytes: this runs once per key read.
+pub fn parse_line(line: &[u8]) -> Result<(Line, Option<&[u8]>), BadLine> {
     let bad = || BadLine(String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned());
-    let text = std::str::from_utf8(line).map_err(|_| bad())?;
-    if let Some(msg) = text.strip_prefix("SERVER_ERROR") {
-        let msg = msg.trim_start().chars().take(120).collect();
-        return Ok((Line::ServerError(msg), None));
+    let text = |b: &[u8]| String::from_utf8_lossy(b).chars().take(120).collect();
+    if let Some(msg) = line.strip_prefix(b"SERVER_ERROR") {
+        return Ok((Line::ServerError(text(msg.trim_ascii_start())), None));
     }
-    if text == "ERROR" || text.starts_with("CLIENT_ERROR") {
-        return Ok((Line::Rejected(text.chars().take(120).collect()), None));
+    if line == b"ERROR" || line.starts_with(b"CLIENT_ERROR") {
+        return Ok((Line::Rejected(text(line)), None));
     }
-    let mut parts = text.split(' ');
+    let mut parts = line.split(|&b| b == b' ');
     let code = match parts.next() {
-        Some("VA") => Code::Value,
-        Some("HD") => Code::Done,
-        Some("EN") => Code::Miss,
-        Some("NF") => Code::NotFound,
-        Some("NS") => Code::NotStored,
-        Some("EX") => Code::Exists,
-        Some("MN") => Code::NoOp,
+        Some(b"VA") => Code::Value,
+        Some(b"HD") => Code::Done,
+        Some(b"EN") => Code::Miss,
+        Some(b"NF") => Code::NotFound,
+        Some(b"NS") => Code::NotStored,
+        Some(b"EX") => Code::Exists,
+        Some(b"MN") => Code::NoOp,
         _ => return Err(bad()),
     };
     let len = if code == Code::Value {
-        let n = parts.next().ok_or_else(bad)?;
-        // Digits only: `parse` would also take a leading '+'.
-        if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        n.parse::<usize>().map_err(|_| bad())?
+        let n = parts.next().and_then(parse_u64).ok_or_else(bad)?;
+        usize::try_from(n).map_err(|_| bad())?
     } else {
         0
     };
     let mut flags = Flags::default();
     let mut key = None;
     for part in parts {
-        let Some(&f) = part.as_bytes().first() else {
+        let Some((&f, value)) = part.split_first() else {
             return Err(bad());
         };
-        let value = &part[1..];
         match f {
-            b'O' => flags.token = Some(value.parse().map_err(|_| bad())?),
+            b'O' => {
+                let token = parse_u64(value).and_then(|t| u32::try_from(t).ok());
+                flags.token = Some(token.ok_or_else(bad)?);
+            }
             b'k' => key = Some(value),
-            b'c' => flags.cas = Some(value.parse().map_err(|_| bad())?),
-            b't' => flags.ttl = Some(value.parse().map_err(|_| bad())?),
+            b'c' => flags.cas = Some(parse_u64(value).ok_or_else(bad)?),
+            b't' => flags.ttl = Some(parse_i64(value).ok_or_else(bad)?),
             b'W' => flags.won = true,
             b'Z' => flags.held = true,
             b'X' => flags.stale = true,
@@ -250,6 +247,27 @@ pub fn parse_line(line: &[u8]) -> Result<(Line, Option<&str>), BadLine> {
         return Err(bad());
     }
     Ok((Line::Status { code, len, flags }, key))
+}
+
+/// Decimal digits only (no sign, no spaces), at most 20 of them.
+fn parse_u64(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// An optional `-` and decimal digits.
+fn parse_i64(text: &[u8]) -> Option<i64> {
+    match text.strip_prefix(b"-") {
+        Some(digits) => i64::try_from(parse_u64(digits)?).ok().map(|n| -n),
+        None => i64::try_from(parse_u64(text)?).ok(),
+    }
 }
 
 #[cfg(test)]
@@ -298,7 +316,7 @@ mod tests {
                     len: 3,
                     flags: token(3)
                 },
-                Some("hit")
+                Some(&b"hit"[..])
             ))
         );
         assert_eq!(
@@ -309,7 +327,7 @@ mod tests {
                     len: 0,
                     flags: token(1)
                 },
-                Some("miss")
+                Some(&b"miss"[..])
             ))
         );
         let Ok((Line::Status { flags, .. }, None)) = parse_line(b"VA 0 c1 t-1 W O9 s0 f0") else {
@@ -358,6 +376,9 @@ mod tests {
             b"VA x O1",
             b"HD Ox",
             b"HD O99999999999",
+            b"HD t",
+            b"HD c-1",
+            b"VA 99999999999999999999999 O1",
             b"HD  O1",
             b"MN O1",
             b"MN kx",

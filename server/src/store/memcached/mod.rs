@@ -182,6 +182,7 @@ impl ShardedStore {
         let conn = shard.connection(Lane::Bulk).await?;
         let max_value = shard.max_reply_value();
         let budget = Some(budget.clone());
+        let keys: Arc<[Key]> = keys.into();
         match conn.mode() {
             Mode::Meta => {
                 let encode = |buf: &mut BytesMut, token: u32| {
@@ -556,7 +557,7 @@ impl WriteGroup {
         }
     }
 
-    fn keys(&self) -> Vec<Key> {
+    fn keys(&self) -> Arc<[Key]> {
         (0..self.len()).map(|i| self.key(i).clone()).collect()
     }
 

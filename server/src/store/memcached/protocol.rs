@@ -427,8 +427,10 @@ pub(crate) enum Terminator {
 pub(crate) fn find_line(buf: &[u8], term: Terminator) -> Result<Option<usize>, ProtocolError> {
     let window = &buf[..buf.len().min(MAX_LINE_LEN + 2)];
     let found = match term {
-        Terminator::CrLf => window.windows(2).position(|w| w == b"\r\n"),
-        Terminator::Lf => window.iter().position(|&b| b == b'\n'),
+        Terminator::CrLf => memchr::memchr_iter(b'\n', window)
+            .find(|&n| n > 0 && window[n - 1] == b'\r')
+            .map(|n| n - 1),
+        Terminator::Lf => memchr::memchr(b'\n', window),
     };
     match found {
         Some(n) => Ok(Some(n)),
