@@ -1,17 +1,16 @@
 //! One pipelined connection to a memcached server.
 //!
 //! Many requests share a connection. A caller appends its encoded command
-//! to the connection's write buffer and registers what it waits for. On a
-//! single-threaded runtime (memgate's default) the connection's writer task
-//! then sends the buffer: it runs right after the tasks already queued, so
-//! every request those tasks make (the Gets decoded from one read of a
-//! client connection, say) goes out in one write, and a lone request waits
-//! only for the tasks ahead of it, never for a timer. On a multi-threaded
-//! runtime, where waking the writer may mean waking another thread, the
-//! caller writes the buffer itself, at once and without blocking, and
-//! whatever others append meanwhile goes out in the same write; the writer
-//! task takes over only when the socket is full. One reader task decodes
-//! replies and hands each to its caller.
+//! to the connection's write buffer and registers what it waits for; if no
+//! write is under way it writes the buffer itself, at once and without
+//! blocking, so a lone request is never delayed to wait for company. What
+//! other callers append meanwhile goes out together: on a multi-threaded
+//! runtime in the same write (the writing caller loops), on a
+//! single-threaded one (memgate's default) in one write by the
+//! connection's writer task, which runs after the tasks queued in the same
+//! tick (the Gets decoded from one read of a client connection, say). The
+//! writer task also takes over whenever the socket is full. One reader
+//! task decodes replies and hands each to its caller.
 //!
 //! Replies are matched to requests by more than position. On a meta
 //! connection every request carries an opaque token and asks for its key
@@ -294,11 +293,6 @@ impl Connection {
             return Ok(rx);
         }
         st.flushing = true;
-        if shared.defer_writes {
-            drop(st);
-            shared.write_wanted.notify_one();
-            return Ok(rx);
-        }
         loop {
             let mut out = st.wbuf.split();
             drop(st);
@@ -317,6 +311,13 @@ impl Connection {
                     // ahead of anything appended meanwhile.
                     out.unsplit(st.wbuf.split());
                     st.wbuf = out;
+                    drop(st);
+                    shared.write_wanted.notify_one();
+                    return Ok(rx);
+                }
+                Ok(()) if st.wbuf.is_empty() && shared.defer_writes => {
+                    // The writer task, which runs after the tasks queued in
+                    // this tick, sends whatever they append in one write.
                     drop(st);
                     shared.write_wanted.notify_one();
                     return Ok(rx);
