@@ -8,6 +8,7 @@
 use bytes::BytesMut;
 
 use crate::key::Key;
+use crate::store::memcached::meta;
 use crate::store::memcached::protocol::{Decoder, Reply};
 
 /// Parses `data` as a key; a valid key must be safe to put on a memcached
@@ -34,6 +35,14 @@ pub fn reply(data: &[u8]) {
         return;
     };
     let split = usize::from(split).min(data.len());
+    // Every line as a meta reply: parsed or refused, never a panic, and a
+    // key it echoes is a part of the line.
+    for line in data.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Ok((_, Some(key))) = meta::parse_line(line) {
+            assert!(key.len() < line.len());
+        }
+    }
     for make in DECODERS {
         let whole = decode(make(), data, data.len());
         let pieces = decode(make(), data, split);
