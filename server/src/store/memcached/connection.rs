@@ -5,10 +5,11 @@
 //! write is under way it writes the buffer itself, at once and without
 //! blocking, so a lone request is never delayed to wait for company. What
 //! other callers append meanwhile goes out together: on a multi-threaded
-//! runtime in the same write (the writing caller loops), on a
-//! single-threaded one (memgate's default) in one write by the
-//! connection's writer task, which runs after the tasks queued in the same
-//! tick (the Gets decoded from one read of a client connection, say). The
+//! runtime in the same write (the writing caller loops). On a
+//! single-threaded runtime (memgate's default) a request for a connection
+//! that is busy (requests in flight) is left to the connection's writer
+//! task, which runs after the tasks queued in the same tick, so the Gets
+//! decoded from one read of a client connection go out in one write. The
 //! writer task also takes over whenever the socket is full. One reader
 //! task decodes replies and hands each to its caller.
 //!
@@ -25,6 +26,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -167,8 +169,11 @@ struct Shared {
     mode: Mode,
     /// Text mode: one request at a time.
     turn: Semaphore,
-    /// Leave every write to the writer task (single-threaded runtime).
+    /// Leave writes on a busy connection to the writer task
+    /// (single-threaded runtime).
     defer_writes: bool,
+    /// Requests submitted and not yet answered.
+    in_flight: AtomicUsize,
 }
 
 impl Shared {
@@ -209,6 +214,7 @@ impl Connection {
             turn: Semaphore::new(1),
             defer_writes: tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::CurrentThread,
+            in_flight: AtomicUsize::new(0),
         });
         tokio::spawn(write_loop(shared.clone()));
         tokio::spawn(read_loop(shared.clone()));
@@ -289,10 +295,19 @@ impl Connection {
             server_error: None,
             reply: tx,
         });
+        let busy = shared.in_flight.fetch_add(1, Ordering::Relaxed) > 0;
         if st.flushing {
             return Ok(rx);
         }
         st.flushing = true;
+        if busy && shared.defer_writes {
+            // Requests are in flight already: let the writer task, which
+            // runs after the tasks queued in this tick, send whatever they
+            // append in one write.
+            drop(st);
+            shared.write_wanted.notify_one();
+            return Ok(rx);
+        }
         loop {
             let mut out = st.wbuf.split();
             drop(st);
@@ -311,13 +326,6 @@ impl Connection {
                     // ahead of anything appended meanwhile.
                     out.unsplit(st.wbuf.split());
                     st.wbuf = out;
-                    drop(st);
-                    shared.write_wanted.notify_one();
-                    return Ok(rx);
-                }
-                Ok(()) if st.wbuf.is_empty() && shared.defer_writes => {
-                    // The writer task, which runs after the tasks queued in
-                    // this tick, sends whatever they append in one write.
                     drop(st);
                     shared.write_wanted.notify_one();
                     return Ok(rx);
@@ -447,6 +455,7 @@ fn deliver(
             return Ok(()); // incomplete: wait for more bytes
         };
         let done = waiting.pop_front().expect("front exists");
+        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         if shared.mode == Mode::Text && !buf.is_empty() {
             // One request at a time: bytes after its reply answer nothing
             // we asked, and may mean this reply was not what it seemed.
