@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Server CPU per operation, throughput and latency of memcached direct,
-# twemproxy (if `nutcracker` is installed: apt-get install nutcracker),
+# twemproxy (nutcracker, installed from Debian if missing),
 # memgate and a do-nothing tonic server, over the same memcached processes:
 # one markdown table on stdout. Release builds only. Arguments go to
 # `memgate-bench compare` (see --help), e.g.
@@ -14,6 +14,12 @@
 # shape instead: one connection per caller, one request at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup.sh >&2
+if ! command -v nutcracker >/dev/null && [ ! -x /usr/sbin/nutcracker ]; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nutcracker >&2
+fi
 cargo build --release -q -p memgate-server -p memgate-bench
 exec "${CARGO_TARGET_DIR:-target}/release/memgate-bench" \
   --memgate-bin "${CARGO_TARGET_DIR:-target}/release/memgate" compare "$@"
