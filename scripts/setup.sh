@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks for building and testing memgate:
-# memcached (the real backend the tests start), protoc (for the Go and
+# memcached (the real backend the tests start), twemproxy (a real server
+# that speaks only the text protocol), protoc (for the Go and
 # Node stub generators), and the pinned Go tools users debug and probe
 # with. Idempotent: it skips what is already there.
 set -euo pipefail
@@ -11,6 +12,8 @@ HEALTH_PROBE_VERSION=v0.4.61
 need=()
 command -v memcached >/dev/null || need+=(memcached)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
+# twemproxy: a real server without the meta protocol, for the text fallback.
+[ -x /usr/sbin/nutcracker ] || command -v nutcracker >/dev/null || need+=(nutcracker)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq

@@ -25,7 +25,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use futures::future::join_all;
 
-use self::connection::{Expect, MetaReply, Mode, Reply, Request};
+use self::connection::{Connection, Expect, MetaReply, Mode, Reply, Request};
 use self::meta::Code;
 use self::protocol::{Decoder, DumpWalk};
 use self::ring::{Ring, ShardSpec};
@@ -249,8 +249,11 @@ impl ShardedStore {
     /// Writes or deletes items of one shard as one pipelined quiet batch
     /// (meta servers only); one outcome per item, in order: `Ok(true)`
     /// done, `Ok(false)` not found (deletes).
-    async fn write_group(shard: &Shard, op: WriteGroup) -> Result<Vec<Result<bool, Error>>, Error> {
-        let conn = shard.connection(Lane::Bulk).await?;
+    async fn write_group(
+        shard: &Shard,
+        conn: &Connection,
+        op: WriteGroup,
+    ) -> Result<Vec<Result<bool, Error>>, Error> {
         let keys = op.keys();
         let n = keys.len();
         let now = SystemTime::now();
@@ -281,7 +284,7 @@ impl ShardedStore {
         let Reply::Quiet {
             replies,
             server_error,
-        } = shard.call(&conn, req).await?
+        } = shard.call(conn, req).await?
         else {
             unreachable!("a quiet batch gets a quiet reply")
         };
@@ -332,7 +335,7 @@ impl ShardedStore {
                 requests.push(async move {
                     let outcome = match shard.connection(Lane::Bulk).await {
                         Ok(conn) if conn.mode() == Mode::Meta => {
-                            Self::write_group(shard, part).await
+                            Self::write_group(shard, &conn, part).await
                         }
                         Ok(_) => Ok(Self::write_each(shard, part).await),
                         Err(e) => Err(e),

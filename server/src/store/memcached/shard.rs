@@ -369,21 +369,26 @@ impl Shard {
         self.call(&conn, text(protocol::encode_version, Decoder::version()))
             .await?;
         if self.item_size_max().is_none() {
+            // Best effort: a proxy may not know `stats` (twemproxy hangs
+            // up); then memcached's default is assumed, and not asked again.
             let stats = self
                 .call(
                     &conn,
                     text(protocol::encode_stats_settings, Decoder::stats()),
                 )
-                .await?;
-            if let Reply::Text(protocol::Reply::Stats(stats)) = stats {
-                let learned = stats
+                .await;
+            let learned = match stats {
+                Ok(Reply::Text(protocol::Reply::Stats(stats))) => stats
                     .iter()
                     .find(|(name, _)| name == "item_size_max")
-                    .and_then(|(_, v)| v.parse::<usize>().ok());
-                if let Some(n) = learned {
-                    self.item_size_max.store(n, Ordering::Relaxed);
+                    .and_then(|(_, v)| v.parse::<usize>().ok()),
+                other => {
+                    tracing::debug!(shard = %self.addr, ?other, "no item_size_max from `stats settings`; assuming memcached's default");
+                    None
                 }
-            }
+            };
+            let n = learned.unwrap_or(DEFAULT_ITEM_SIZE_MAX);
+            self.item_size_max.store(n, Ordering::Relaxed);
         }
         Ok(())
     }
