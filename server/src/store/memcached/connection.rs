@@ -31,7 +31,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -161,7 +163,9 @@ struct State {
 }
 
 struct Shared {
-    stream: TcpStream,
+    /// Callers and the writer task write here (`try_write` takes `&self`);
+    /// the read half belongs to the reader task.
+    stream: OwnedWriteHalf,
     state: Mutex<State>,
     /// Wakes the writer task when the socket was full.
     write_wanted: Notify,
@@ -205,6 +209,7 @@ impl Connection {
     /// writer tasks.
     pub fn new(stream: TcpStream, mode: Mode) -> Connection {
         let _ = stream.set_nodelay(true);
+        let (read, stream) = stream.into_split();
         let shared = Arc::new(Shared {
             stream,
             state: Mutex::new(State::default()),
@@ -217,7 +222,7 @@ impl Connection {
             in_flight: AtomicUsize::new(0),
         });
         tokio::spawn(write_loop(shared.clone()));
-        tokio::spawn(read_loop(shared.clone()));
+        tokio::spawn(read_loop(shared.clone(), read));
         Connection { shared }
     }
 
@@ -341,7 +346,7 @@ impl Connection {
 }
 
 /// Writes as much of `out` as the socket takes without blocking.
-fn write_now(stream: &TcpStream, out: &mut BytesMut) -> io::Result<()> {
+fn write_now(stream: &OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()> {
     while !out.is_empty() {
         match stream.try_write(out) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -390,7 +395,7 @@ async fn write_loop(shared: Arc<Shared>) {
     }
 }
 
-async fn read_loop(shared: Arc<Shared>) {
+async fn read_loop(shared: Arc<Shared>, mut read: OwnedReadHalf) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let failure = loop {
@@ -400,17 +405,15 @@ async fn read_loop(shared: Arc<Shared>) {
         if buf.capacity() - buf.len() < READ_CHUNK / 4 {
             buf.reserve(READ_CHUNK);
         }
-        let ready = tokio::select! {
+        // `read_buf` (not `readable` + `try_read`): a short read tells
+        // tokio the socket is drained, saving the EAGAIN read per wake-up.
+        let read = tokio::select! {
             _ = shared.closed.cancelled() => break ConnError::Closed,
-            r = shared.stream.readable() => r,
+            r = read.read_buf(&mut buf) => r,
         };
-        if let Err(e) = ready {
-            break ConnError::Io(e);
-        }
-        match shared.stream.try_read_buf(&mut buf) {
+        match read {
             Ok(0) => break ConnError::Io(io::ErrorKind::UnexpectedEof.into()),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => break ConnError::Io(e),
         }
     };
