@@ -58,6 +58,8 @@ pub(crate) struct Options {
     /// per server address, one request at a time, instead of `CONNECTIONS`
     /// pipelined ones.
     pub(crate) text_conns_per_caller: bool,
+    /// The null server on one thread instead of tonic's defaults.
+    pub(crate) null_single_thread: bool,
 }
 
 /// A server the workloads run against.
@@ -446,7 +448,7 @@ pub(crate) async fn compare(opts: &Options) {
                 (vec![pid], c)
             }
             TargetKind::Null => {
-                let p = stack::null_server();
+                let p = stack::null_server(opts.null_single_thread);
                 let c = grpc_callers(&p.addr, callers).await;
                 let pid = p.pid();
                 procs.push(p);

@@ -67,6 +67,11 @@ enum Command {
         /// by the callers with requests pipelined (the gRPC targets' shape).
         #[arg(long)]
         text_conns_per_caller: bool,
+        /// Serve the null server on one thread (tokio's current-thread
+        /// runtime, as memgate's default `--worker-threads 1`) instead of
+        /// tonic's defaults (the multi-threaded runtime).
+        #[arg(long)]
+        null_single_thread: bool,
     },
     /// Mixed load through memgate; fails on a lost write or memory growth.
     Soak {
@@ -84,6 +89,9 @@ enum Command {
         /// Address to listen on.
         #[arg(long)]
         listen: SocketAddr,
+        /// Serve on one thread (a current-thread runtime).
+        #[arg(long)]
+        single_thread: bool,
     },
 }
 
@@ -238,6 +246,7 @@ async fn main() -> std::process::ExitCode {
             memgate_args,
             rounds,
             text_conns_per_caller,
+            null_single_thread,
         } => {
             compare::compare(&compare::Options {
                 memgate_bin: cli.memgate_bin.clone(),
@@ -249,6 +258,7 @@ async fn main() -> std::process::ExitCode {
                 targets: or_all(targets, &TargetKind::ALL),
                 workloads: or_all(workloads, &Workload::ALL),
                 text_conns_per_caller: *text_conns_per_caller,
+                null_single_thread: *null_single_thread,
             })
             .await;
             std::process::ExitCode::SUCCESS
@@ -263,12 +273,33 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         }
-        Command::NullServer { listen } => match null_server::serve(*listen).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("null server: {e}");
-                std::process::ExitCode::FAILURE
+        Command::NullServer {
+            listen,
+            single_thread,
+        } => {
+            let listen = *listen;
+            let served = if *single_thread {
+                // Its own current-thread runtime on a thread of its own;
+                // this multi-threaded one stays idle meanwhile.
+                std::thread::spawn(move || {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a current-thread runtime")
+                        .block_on(null_server::serve(listen))
+                })
+                .join()
+                .expect("the null server thread")
+            } else {
+                null_server::serve(listen).await
+            };
+            match served {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("null server: {e}");
+                    std::process::ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }

@@ -121,11 +121,12 @@ pub(crate) fn twemproxy(dir: &Path, shards: &[String]) -> Option<Proc> {
 
 /// Starts the do-nothing tonic server: this same binary's hidden
 /// `null-server` subcommand.
-pub(crate) fn null_server() -> Proc {
+pub(crate) fn null_server(single_thread: bool) -> Proc {
     let addr = format!("127.0.0.1:{}", free_port());
     let exe = std::env::current_exe().expect("the path of memgate-bench itself");
     let child = Command::new(exe)
         .args(["null-server", "--listen", &addr])
+        .args(single_thread.then_some("--single-thread"))
         .stdout(Stdio::null())
         .spawn()
         .expect("cannot start the null server");
