@@ -1,6 +1,11 @@
 //! The `memgate` binary: flags in, one clear line out on failure.
 
 use clap::Parser;
+
+/// mimalloc, measured: memgate allocates many small, short-lived buffers
+/// per call (keys, replies, HTTP/2 frames); see the README's benchmarks.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use memgate_server::config::{Cli, Config};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
