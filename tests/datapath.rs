@@ -27,6 +27,9 @@ enum Fault {
     WrongToken,
     /// Sends each reply one byte at a time, this far apart.
     Trickle(Duration),
+    /// Never answers a read of `slow`, nor anything after it on that
+    /// connection (as a memcached stuck on one request would not).
+    StallOnSlow,
 }
 
 /// A memcached look-alike speaking both the meta and the text protocol
@@ -34,18 +37,26 @@ enum Fault {
 struct Fake {
     addr: String,
     task: JoinHandle<()>,
+    /// Notified when a read of `slow` arrives.
+    stalled: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Fake {
     async fn start(fault: Fault) -> Fake {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        let stalled = std::sync::Arc::new(tokio::sync::Notify::new());
+        let notify = stalled.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, fault));
+                tokio::spawn(serve(stream, fault, notify.clone()));
             }
         });
-        Fake { addr, task }
+        Fake {
+            addr,
+            task,
+            stalled,
+        }
     }
 }
 
@@ -55,10 +66,22 @@ impl Drop for Fake {
     }
 }
 
-async fn serve(stream: tokio::net::TcpStream, fault: Fault) {
+async fn serve(
+    stream: tokio::net::TcpStream,
+    fault: Fault,
+    stalled: std::sync::Arc<tokio::sync::Notify>,
+) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
+    let mut stuck = false;
     while let Ok(Some(line)) = lines.next_line().await {
+        if matches!(fault, Fault::StallOnSlow) && line.starts_with("mg slow ") {
+            stuck = true;
+            stalled.notify_one();
+        }
+        if stuck {
+            continue;
+        }
         let words: Vec<&str> = line.split(' ').collect();
         let reply = match words[..] {
             ["mn"] => "MN\r\n".to_owned(),
@@ -74,7 +97,7 @@ async fn serve(stream: tokio::net::TcpStream, fault: Fault) {
                 match fault {
                     Fault::TrailingValue => va(token, "good") + &va(token, "EVIL"),
                     Fault::WrongToken => va(token.wrapping_add(1000), "EVIL"),
-                    Fault::Trickle(_) => va(token, "good"),
+                    Fault::Trickle(_) | Fault::StallOnSlow => va(token, "good"),
                 }
             }
             ["get", key] => {
@@ -83,7 +106,7 @@ async fn serve(stream: tokio::net::TcpStream, fault: Fault) {
                     Fault::TrailingValue => value("good") + &value("EVIL"),
                     // The text protocol has no token to get wrong.
                     Fault::WrongToken => value("EVIL"),
-                    Fault::Trickle(_) => value("good"),
+                    Fault::Trickle(_) | Fault::StallOnSlow => value("good"),
                 }
             }
             _ => "ERROR\r\n".to_owned(),
@@ -249,4 +272,40 @@ async fn dropped_syns_cost_each_call_at_most_the_connect_timeout() {
         slowest < timeout * 2 + Duration::from_millis(400),
         "a call waited {slowest:?}"
     );
+}
+
+/// Promise: one slow request costs the others on its connection no more
+/// than the protocol forces. A read queued behind one that times out (its
+/// connection is closed, as nothing behind a stuck reply can be trusted)
+/// is sent again on a fresh connection within what is left of its own
+/// timeout, instead of failing with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_queued_behind_a_stuck_one_is_retried_on_a_fresh_connection() {
+    let fake = Fake::start(Fault::StallOnSlow).await;
+    let timeout = Duration::from_millis(500);
+    let mut config = with_timeout(config_for_addrs(std::slice::from_ref(&fake.addr)), timeout);
+    if let memgate_server::config::Backend::Memcached { pool, .. } = &mut config.backend {
+        pool.connect_timeout = Duration::from_millis(300);
+    }
+    let mg = Memgate::start(config).await;
+    let mut raw = mg.raw.clone();
+    let slow = tokio::spawn(async move { raw.get(pb::GetRequest { key: "slow".into() }).await });
+    fake.stalled.notified().await;
+    // A read arriving 200 ms later lands behind it on the same connection.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let fast = mg
+        .raw
+        .clone()
+        .get(pb::GetRequest { key: "fast".into() })
+        .await;
+    let took = started.elapsed();
+    let status = slow.await.unwrap().expect_err("nothing answers `slow`");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let fast = fast
+        .expect("the read behind the stuck one is retried")
+        .into_inner();
+    assert_eq!(&fast.value[..], b"good");
+    println!("the read queued behind a stuck one answered after {took:?}");
+    assert!(took < timeout + Duration::from_millis(300), "{took:?}");
 }

@@ -134,16 +134,16 @@ impl ShardedStore {
         let budget = Some(budget.clone());
         let reply = match conn.mode() {
             Mode::Meta => {
-                let req = Request {
+                let req = || Request {
                     encode: |buf: &mut BytesMut, token| {
                         meta::encode_get(buf, key.as_str(), token, false)
                     },
                     tokens: 1,
                     expect: Expect::One(key.clone()),
                     max_value,
-                    budget,
+                    budget: budget.clone(),
                 };
-                shard.call(&conn, req).await?
+                shard.read(Lane::Single, &conn, req).await?
             }
             Mode::Text => {
                 let req = Request {
@@ -192,17 +192,17 @@ impl ShardedStore {
                     meta::encode_noop(buf);
                 };
                 let mut out = vec![Ok(None); keys.len()];
-                let req = Request {
+                let req = || Request {
                     encode,
                     tokens: keys.len() as u32,
                     expect: Expect::Quiet(keys.clone()),
                     max_value,
-                    budget,
+                    budget: budget.clone(),
                 };
                 let Reply::Quiet {
                     replies,
                     server_error,
-                } = shard.call(&conn, req).await?
+                } = shard.read(Lane::Bulk, &conn, req).await?
                 else {
                     unreachable!("a quiet batch gets a quiet reply")
                 };

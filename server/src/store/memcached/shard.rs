@@ -256,7 +256,46 @@ impl Shard {
     where
         E: FnOnce(&mut BytesMut, u32),
     {
-        match conn.request(req, self.settings.timeout).await {
+        self.settle(conn.request(req, self.settings.timeout).await)
+    }
+
+    /// Like [`Shard::call`], for reads on a meta connection: a read that
+    /// failed only because it shared its connection with a request that
+    /// failed (collateral, e.g. queued behind one that timed out) is sent
+    /// once more on a fresh connection of `lane`, within what is left of
+    /// its own `timeout` — so one slow request costs the others on its
+    /// connection no more than the protocol forces, and no call waits
+    /// longer than `connect_timeout` + `timeout`. Reads only: repeating
+    /// them is harmless.
+    pub async fn read<E, F>(&self, lane: Lane, conn: &Connection, make: F) -> Result<Reply, Error>
+    where
+        E: FnOnce(&mut BytesMut, u32),
+        F: Fn() -> Request<E>,
+    {
+        let timeout = self.settings.timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        match conn.request(make(), timeout).await {
+            Err(ConnError::Closed) => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let fresh = tokio::time::timeout(left, self.connection(lane))
+                    .await
+                    .map_err(|_| Error::ShardTimeout {
+                        addr: self.addr.clone(),
+                        after: timeout,
+                    })??;
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return self.settle(Err(ConnError::Timeout(timeout)));
+                }
+                self.settle(fresh.request(make(), left).await)
+            }
+            other => self.settle(other),
+        }
+    }
+
+    /// Counts a call's outcome toward ejection and maps its error.
+    fn settle(&self, outcome: Result<Reply, ConnError>) -> Result<Reply, Error> {
+        match outcome {
             Ok(reply) => {
                 self.record(Some(true));
                 Ok(reply)
