@@ -110,13 +110,6 @@ impl Reservation {
         Ok(())
     }
 
-    /// Returns `n` bytes charged earlier (a value handed on and dropped).
-    pub fn release(&self, n: usize) {
-        let n = n.min(self.held.load(Ordering::Acquire));
-        self.held.fetch_sub(n, Ordering::AcqRel);
-        self.server.used.fetch_sub(n, Ordering::AcqRel);
-    }
-
     /// Bytes charged so far.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
@@ -135,7 +128,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_call_is_capped_and_returns_its_bytes() {
+    fn a_call_is_capped_and_returns_its_bytes_when_dropped() {
         let server = ByteBudget::new(100);
         let a = server.reserve(60);
         assert_eq!(a.charge(50), Ok(()));
@@ -147,8 +140,6 @@ mod tests {
         assert_eq!(server.used(), 90);
         drop(a);
         assert_eq!(server.used(), 40);
-        b.release(15);
-        assert_eq!(server.used(), 25);
         drop(b);
         assert_eq!(server.used(), 0);
     }

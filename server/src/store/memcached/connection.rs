@@ -656,6 +656,18 @@ mod tests {
         }
     }
 
+    /// A quiet batch awaiting `a` and `b` (tokens 0 and 1); the scripted
+    /// peer decides what comes back.
+    fn quiet_ab(budget: Option<Arc<Reservation>>) -> Request<impl FnOnce(&mut BytesMut, u32)> {
+        Request {
+            encode: |buf: &mut BytesMut, _| meta::encode_noop(buf),
+            tokens: 2,
+            expect: Expect::Quiet(vec![key("a"), key("b")].into()),
+            max_value: 1 << 20,
+            budget,
+        }
+    }
+
     async fn read_some(peer: &mut TcpStream) -> String {
         let mut b = vec![0; 4096];
         let n = peer.read(&mut b).await.unwrap();
@@ -803,17 +815,7 @@ mod tests {
         // Out of order within a batch is refused.
         let (conn, mut peer) = pair(Mode::Meta).await;
         let c = conn.clone();
-        let call = tokio::spawn(async move {
-            let keys: Vec<Key> = ["a", "b"].iter().map(|k| key(k)).collect();
-            let req = Request {
-                encode: |buf: &mut BytesMut, _| meta::encode_noop(buf),
-                tokens: 2,
-                expect: Expect::Quiet(keys.into()),
-                max_value: 1 << 20,
-                budget: None,
-            };
-            c.request(req, T).await
-        });
+        let call = tokio::spawn(async move { c.request(quiet_ab(None), T).await });
         read_some(&mut peer).await;
         peer.write_all(b"HD kb O1\r\nHD ka O0\r\nMN\r\n")
             .await
@@ -866,17 +868,7 @@ mod tests {
         let (conn, mut peer) = pair(Mode::Meta).await;
         let c = conn.clone();
         let b = budget.clone();
-        let call = tokio::spawn(async move {
-            let keys: Vec<Key> = ["a", "b"].iter().map(|k| key(k)).collect();
-            let req = Request {
-                encode: |buf: &mut BytesMut, _| meta::encode_noop(buf),
-                tokens: 2,
-                expect: Expect::Quiet(keys.into()),
-                max_value: 1 << 20,
-                budget: Some(b),
-            };
-            c.request(req, T).await
-        });
+        let call = tokio::spawn(async move { c.request(quiet_ab(Some(b)), T).await });
         read_some(&mut peer).await;
         peer.write_all(b"VA 3 ka O0\r\nabc\r\nVA 3 kb O1\r\ndef\r\nMN\r\n")
             .await

@@ -233,11 +233,6 @@ impl Shard {
         self.item_size_max().unwrap_or(DEFAULT_ITEM_SIZE_MAX)
     }
 
-    /// The reply timeout.
-    pub fn timeout(&self) -> Duration {
-        self.settings.timeout
-    }
-
     /// A live connection of `lane`, for a call about to be made; fails fast
     /// while the shard is marked down.
     pub async fn connection(&self, lane: Lane) -> Result<Connection, Error> {

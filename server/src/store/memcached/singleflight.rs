@@ -62,6 +62,7 @@ impl<V: Clone> Flights<V> {
                 flights: self,
                 key,
                 flight,
+                landed: false,
             },
             Err(rx) => {
                 return match rx.await {
@@ -103,11 +104,14 @@ struct Leader<'a, V> {
     flights: &'a Flights<V>,
     key: &'a Key,
     flight: Arc<Waiters<V>>,
+    /// The flight ended normally: nothing left for `drop` to do.
+    landed: bool,
 }
 
 impl<V> Leader<'_, V> {
     /// Ends the flight, returning who waits for its result.
-    fn land(self) -> Vec<oneshot::Sender<V>> {
+    fn land(mut self) -> Vec<oneshot::Sender<V>> {
+        self.landed = true;
         self.take()
     }
 
@@ -128,8 +132,10 @@ impl<V> Leader<'_, V> {
 
 impl<V> Drop for Leader<'_, V> {
     fn drop(&mut self) {
-        // Senders dropped here tell the waiters to read alone.
-        drop(self.take());
+        if !self.landed {
+            // Senders dropped here tell the waiters to read alone.
+            drop(self.take());
+        }
     }
 }
 
