@@ -163,6 +163,11 @@ pub struct Cli {
     /// tokens in this file (one per line). Health and reflection stay open.
     #[arg(long, env = "MEMGATE_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9090). Off when not given: nothing is recorded.
+    #[arg(long, env = "MEMGATE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 }
 
 /// PEM material for serving TLS. `Debug` hides the key.
@@ -285,6 +290,8 @@ pub struct Config {
     pub reflection: bool,
     /// The gRPC server's own limits, TLS and authentication.
     pub server: ServerSettings,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -299,6 +306,7 @@ impl Config {
             health_interval: Duration::from_secs(1),
             reflection: true,
             server: ServerSettings::default(),
+            metrics_listen: None,
         }
     }
 
@@ -321,6 +329,12 @@ impl TryFrom<Cli> for Config {
                 cli.listen
             )
         })?;
+        let metrics_listen = match &cli.metrics_listen {
+            Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
+                format!("--metrics-listen {addr:?} is not an address like 127.0.0.1:9090: {e}")
+            })?),
+            None => None,
+        };
         let shards = cli
             .memcached
             .iter()
@@ -439,6 +453,7 @@ impl TryFrom<Cli> for Config {
             health_interval: cli.health_interval,
             reflection: !cli.no_reflection,
             server,
+            metrics_listen,
         })
     }
 }

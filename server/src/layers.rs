@@ -17,6 +17,8 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
+use crate::metrics::Counter;
+
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
 /// Paths never shed or limited: probes must answer under load, or an
@@ -120,14 +122,17 @@ pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
     max: usize,
+    shed: Counter,
 }
 
 impl ShedLayer {
-    /// At most `max` calls in flight, server-wide.
-    pub fn new(max: usize) -> ShedLayer {
+    /// At most `max` calls in flight, server-wide; calls shed are counted
+    /// in `shed`.
+    pub fn new(max: usize, shed: Counter) -> ShedLayer {
         ShedLayer {
             permits: Arc::new(Semaphore::new(max)),
             max,
+            shed,
         }
     }
 }
@@ -139,6 +144,7 @@ impl<S> Layer<S> for ShedLayer {
             inner,
             permits: self.permits.clone(),
             max: self.max,
+            shed: self.shed.clone(),
         }
     }
 }
@@ -149,6 +155,7 @@ pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
     max: usize,
+    shed: Counter,
 }
 
 impl<S, B> Service<http::Request<B>> for Shed<S>
@@ -179,6 +186,7 @@ where
                 })
             }
             Err(_) => {
+                self.shed.inc();
                 let status = Status::resource_exhausted(format!(
                     "memgate is at its limit of {} concurrent calls (--max-concurrent-calls); retry with backoff",
                     self.max

@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod key;
 pub mod layers;
+pub mod metrics;
 pub mod service;
 pub mod store;
 
@@ -32,10 +33,36 @@ use crate::auth::Auth;
 use crate::layers::{DeadlineLayer, InFlightLayer, ShedLayer, oversized_request_status};
 
 use crate::config::{Backend, Config};
+use crate::metrics::{GrpcMetricsLayer, Metrics};
 use crate::service::CacheService;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::memcached::ShardedStore;
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why memgate could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The metrics address could not be bound.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
 
 /// HTTP/2 flow-control window of each stream (see `serve`).
 const STREAM_WINDOW: u32 = 64 * 1024;
@@ -45,16 +72,45 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// Serves memgate on `listener` until `shutdown` completes, then drains
 /// and returns: unary calls in flight may finish within the shutdown grace;
 /// streams end at once with UNAVAILABLE (they have no natural end; see
-/// [`drain`]).
+/// [`drain`]). Metrics are served on `config.metrics_listen`, if given.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), ServeError> {
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::MetricsListen { addr, source })?,
+        ),
+        None => None,
+    };
+    run_with_metrics(listener, metrics_listener, config, shutdown).await
+}
+
+/// Like [`run`], with metrics served on `metrics_listener` (already bound,
+/// so a caller can pick a free port) instead of `config.metrics_listen`.
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (metrics, exporter) = match metrics_listener {
+        Some(l) => {
+            let metrics = Metrics::new();
+            let exporter = tokio::spawn(metrics::serve(l, metrics.clone()));
+            (metrics, Some(exporter))
+        }
+        None => (Metrics::disabled(), None),
+    };
+    // The exporter stops with the server.
+    let _exporter = exporter.map(|task| task.abort_handle()).map(AbortOnDrop);
     match &config.backend {
         Backend::Embedded { max_bytes } => {
             let store = EmbeddedStore::new(*max_bytes, config.limits.max_value_bytes);
-            serve(listener, Arc::new(store), config, shutdown).await
+            Ok(serve(listener, Arc::new(store), config, metrics, shutdown).await?)
         }
         Backend::Memcached {
             shards,
@@ -66,8 +122,9 @@ pub async fn run(
                 pool.clone(),
                 config.limits.max_value_bytes,
                 *on_down,
+                &metrics,
             );
-            serve(listener, Arc::new(store), config, shutdown).await
+            Ok(serve(listener, Arc::new(store), config, metrics, shutdown).await?)
         }
     }
 }
@@ -76,6 +133,7 @@ async fn serve<S: Store>(
     listener: TcpListener,
     store: Arc<S>,
     config: Config,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
     let addr = listener.local_addr().ok();
@@ -100,7 +158,12 @@ async fn serve<S: Store>(
     ));
 
     let limit = config.limits.max_message_bytes;
-    let service = CacheService::new(store, config.limits.clone(), draining.clone());
+    let service = CacheService::new(
+        store,
+        config.limits.clone(),
+        draining.clone(),
+        metrics.clone(),
+    );
     let cache = CacheServer::from_arc(Arc::new(service))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -174,12 +237,17 @@ async fn serve<S: Store>(
         .http2_max_header_list_size(16 * 1024)
         .http2_keepalive_interval(settings.http2_keepalive)
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        // The gRPC series of every call, shed and timed-out ones included.
+        .layer(GrpcMetricsLayer::new(metrics.clone()))
         // Which calls are still working towards a response (shutdown).
         .layer(in_flight_layer)
         // The caller's deadline, enforced before the rest so it bounds them.
         .layer(DeadlineLayer)
         // One server-wide budget of in-flight calls; the rest are shed.
-        .layer(ShedLayer::new(settings.max_concurrent_calls))
+        .layer(ShedLayer::new(
+            settings.max_concurrent_calls,
+            metrics.shed_calls.clone(),
+        ))
         // Oversized requests are RESOURCE_EXHAUSTED, as gRPC specifies.
         .layer(tower::util::MapResponseLayer::new(oversized_request_status))
         .add_service(health_service)

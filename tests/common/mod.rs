@@ -228,6 +228,9 @@ pub struct Memgate {
     pub raw: CacheClient<Channel>,
     /// The health stub.
     pub health: HealthClient<Channel>,
+    /// Where metrics are served, if `config.metrics_listen` was given (a
+    /// port of 0 picks a free one).
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -247,9 +250,14 @@ impl Memgate {
     pub async fn start_unready(config: Config) -> Memgate {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics_listener = match config.metrics_listen {
+            Some(at) => Some(TcpListener::bind(at).await.unwrap()),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            memgate_server::run(listener, config, async {
+            memgate_server::run_with_metrics(listener, metrics_listener, config, async {
                 let _ = rx.await;
             })
             .await
@@ -265,6 +273,7 @@ impl Memgate {
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             health: HealthClient::new(channel),
+            metrics_addr,
             shutdown: Some(tx),
             task: Some(task),
         }

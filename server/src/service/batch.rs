@@ -6,6 +6,7 @@ use memgate_api::v1 as pb;
 
 use super::CacheService;
 use crate::error::Error;
+use crate::metrics::HitMiss;
 use crate::store::Store;
 
 impl<S: Store> CacheService<S> {
@@ -14,10 +15,13 @@ impl<S: Store> CacheService<S> {
         req: pb::BatchGetRequest,
     ) -> Result<pb::BatchGetResponse, Error> {
         let keys = self.keys(req.keys)?;
+        self.metrics.cache.batch_get_keys.observe(keys.len() as f64);
         // Values are charged as they arrive: a response that cannot fit
         // one message fails as soon as that is known.
         let budget = self.reservation();
-        let results = self.get_results(keys, &budget).await?;
+        let results = self
+            .get_results(keys, &budget, &self.metrics.cache.batch_get)
+            .await?;
         let size: usize = results
             .iter()
             .map(|r| r.key.len() + r.value.len() + 16)
@@ -32,27 +36,34 @@ impl<S: Store> CacheService<S> {
     }
 
     /// Reads `keys`, one result per key in order (shared with the stream),
-    /// charging the values to `budget`.
+    /// charging the values to `budget` and counting hits and misses in
+    /// `counts`.
     pub(super) async fn get_results(
         &self,
         keys: Vec<crate::key::Key>,
         budget: &std::sync::Arc<crate::store::budget::Reservation>,
+        counts: &HitMiss,
     ) -> Result<Vec<pb::GetResult>, Error> {
         let outcomes = self.store.get_many(&keys, budget).await?;
         Ok(keys
             .into_iter()
             .zip(outcomes)
             .map(|(key, outcome)| match outcome {
-                Ok(Some(value)) => pb::GetResult {
-                    key: key.into_string(),
-                    found: true,
-                    value,
-                    ..Default::default()
-                },
-                Ok(None) => pb::GetResult {
-                    key: key.into_string(),
-                    ..Default::default()
-                },
+                Ok(found) => {
+                    counts.record(found.is_some());
+                    match found {
+                        Some(value) => pb::GetResult {
+                            key: key.into_string(),
+                            found: true,
+                            value,
+                            ..Default::default()
+                        },
+                        None => pb::GetResult {
+                            key: key.into_string(),
+                            ..Default::default()
+                        },
+                    }
+                }
                 Err(e) => pb::GetResult {
                     key: key.into_string(),
                     error: e.to_string(),
@@ -68,6 +79,10 @@ impl<S: Store> CacheService<S> {
         req: pb::BatchSetRequest,
     ) -> Result<pb::BatchSetResponse, Error> {
         self.check_batch(req.items.len())?;
+        self.metrics
+            .cache
+            .batch_set_keys
+            .observe(req.items.len() as f64);
         let items = req
             .items
             .into_iter()
@@ -90,6 +105,10 @@ impl<S: Store> CacheService<S> {
         req: pb::BatchDeleteRequest,
     ) -> Result<pb::BatchDeleteResponse, Error> {
         let keys = self.keys(req.keys)?;
+        self.metrics
+            .cache
+            .batch_delete_keys
+            .observe(keys.len() as f64);
         let outcomes = self.store.delete_many(&keys).await;
         let mut resp = pb::BatchDeleteResponse::default();
         for (key, outcome) in keys.into_iter().zip(outcomes) {

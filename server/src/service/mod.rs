@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::config::Limits;
 use crate::error::Error;
 use crate::key::{Key, Ttl};
+use crate::metrics::Metrics;
 use crate::store::budget::{ByteBudget, Reservation};
 use crate::store::{Item, Store};
 
@@ -35,18 +36,28 @@ pub struct CacheService<S> {
     budget: Arc<ByteBudget>,
     /// Cancelled when shutdown begins: open streams end.
     draining: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Store> CacheService<S> {
     /// A service answering from `store` within `limits`; its open streams
     /// end (UNAVAILABLE) once `draining` is cancelled.
-    pub fn new(store: Arc<S>, limits: Limits, draining: CancellationToken) -> Self {
-        let budget = ByteBudget::new(limits.max_inflight_bytes);
+    /// Hits, misses and batch sizes are recorded in `metrics`.
+    pub fn new(
+        store: Arc<S>,
+        limits: Limits,
+        draining: CancellationToken,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let budget = ByteBudget::new(limits.max_inflight_bytes, metrics.cache.shed_bytes.clone());
+        let (held, gauge) = (budget.clone(), metrics.inflight_bytes.clone());
+        metrics.sample_on_scrape(move || gauge.set(held.used() as i64));
         CacheService {
             store,
             limits,
             budget,
             draining,
+            metrics,
         }
     }
 

@@ -11,7 +11,9 @@ impl<S: Store> CacheService<S> {
         let key = self.key(req.key)?;
         // Held until the response is built; the value is charged to it.
         let budget = self.reservation();
-        Ok(match self.store.get(&key, &budget).await? {
+        let value = self.store.get(&key, &budget).await?;
+        self.metrics.cache.get.record(value.is_some());
+        Ok(match value {
             Some(value) => pb::GetResponse { found: true, value },
             None => pb::GetResponse::default(),
         })

@@ -88,6 +88,7 @@ impl<S: Store> CacheService<S> {
             limits: self.limits.clone(),
             budget: self.budget.clone(),
             draining: self.draining.clone(),
+            metrics: self.metrics.clone(),
         };
         // Items are bounded by the pieces in flight, not by this channel.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(
@@ -132,7 +133,14 @@ impl<S: Store> CacheService<S> {
                         return;
                     };
                     let reservation = Arc::new(service.budget.reserve(PIECE_BYTES));
-                    let results = match service.get_results(piece.clone(), &reservation).await {
+                    let results = match service
+                        .get_results(
+                            piece.clone(),
+                            &reservation,
+                            &service.metrics.cache.batch_get_stream,
+                        )
+                        .await
+                    {
                         Ok(results) => results,
                         Err(Error::ResponseTooLarge { .. } | Error::Overloaded { .. })
                             if piece.len() > 1 =>

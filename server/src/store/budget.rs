@@ -9,23 +9,27 @@
 //! returned when the reservation is dropped, after the response is built.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::error::Error;
+use crate::metrics::Counter;
 
 /// Bytes of values held by all calls of the server at once.
 #[derive(Debug)]
 pub struct ByteBudget {
     used: AtomicUsize,
     max: usize,
+    /// Calls refused because the budget was spent.
+    refused: Counter,
 }
 
 impl ByteBudget {
-    /// A budget of `max` bytes.
-    pub fn new(max: usize) -> Arc<ByteBudget> {
+    /// A budget of `max` bytes; calls it refuses are counted in `refused`.
+    pub fn new(max: usize, refused: Counter) -> Arc<ByteBudget> {
         Arc::new(ByteBudget {
             used: AtomicUsize::new(0),
             max,
+            refused,
         })
     }
 
@@ -40,6 +44,7 @@ impl ByteBudget {
             server: self.clone(),
             call_max,
             held: AtomicUsize::new(0),
+            refused: AtomicBool::new(false),
         }
     }
 
@@ -58,6 +63,8 @@ pub struct Reservation {
     server: Arc<ByteBudget>,
     call_max: usize,
     held: AtomicUsize,
+    /// The server budget refused a charge (counted once per call).
+    refused: AtomicBool,
 }
 
 /// A charge that does not fit.
@@ -103,6 +110,9 @@ impl Reservation {
         }
         if !self.server.take(n) {
             self.held.fetch_sub(n, Ordering::AcqRel);
+            if !self.refused.swap(true, Ordering::Relaxed) {
+                self.server.refused.inc();
+            }
             return Err(Overflow::Server {
                 max: self.server.max,
             });
@@ -129,7 +139,7 @@ mod tests {
 
     #[test]
     fn a_call_is_capped_and_returns_its_bytes_when_dropped() {
-        let server = ByteBudget::new(100);
+        let server = ByteBudget::new(100, Counter::default());
         let a = server.reserve(60);
         assert_eq!(a.charge(50), Ok(()));
         assert_eq!(a.charge(20), Err(Overflow::Call { size: 70, max: 60 }));

@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use super::meta::{self, Code, Flags, Line};
 use super::protocol::{self, Decoder, ProtocolError, Terminator};
 use crate::key::Key;
+use crate::metrics::{Counter, Gauge, ShardMetrics};
 use crate::store::budget::{Overflow, Reservation};
 
 /// Room kept free in the read buffer before each read.
@@ -151,6 +152,8 @@ pub struct Request<E> {
 struct State {
     /// Encoded commands not yet written.
     wbuf: BytesMut,
+    /// Requests in `wbuf`.
+    queued: usize,
     /// Someone (a caller, or the writer task) is writing `wbuf`.
     flushing: bool,
     /// Requests written or about to be, in order.
@@ -178,6 +181,10 @@ struct Shared {
     defer_writes: bool,
     /// Requests submitted and not yet answered.
     in_flight: AtomicUsize,
+    /// Open while this connection is.
+    open: Gauge,
+    /// Requests that went out in one write with others.
+    coalesced: Counter,
 }
 
 impl Shared {
@@ -206,8 +213,8 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Wraps a connected stream speaking `mode`, spawning its reader and
-    /// writer tasks.
-    pub fn new(stream: TcpStream, mode: Mode) -> Connection {
+    /// writer tasks; counted in its shard's `metrics`.
+    pub fn new(stream: TcpStream, mode: Mode, metrics: &ShardMetrics) -> Connection {
         let _ = stream.set_nodelay(true);
         let (read, stream) = stream.into_split();
         let shared = Arc::new(Shared {
@@ -220,7 +227,10 @@ impl Connection {
             defer_writes: tokio::runtime::Handle::current().runtime_flavor()
                 == tokio::runtime::RuntimeFlavor::CurrentThread,
             in_flight: AtomicUsize::new(0),
+            open: metrics.connections.clone(),
+            coalesced: metrics.coalesced.clone(),
         });
+        shared.open.inc();
         tokio::spawn(write_loop(shared.clone()));
         tokio::spawn(read_loop(shared.clone(), read));
         Connection { shared }
@@ -288,6 +298,7 @@ impl Connection {
         let token = st.next_token;
         st.next_token = token.wrapping_add(req.tokens.max(1));
         (req.encode)(&mut st.wbuf, token);
+        st.queued += 1;
         // Registered before it is written, so its reply finds it.
         st.pending.push_back(Pending {
             token,
@@ -314,7 +325,7 @@ impl Connection {
             return Ok(rx);
         }
         loop {
-            let mut out = st.wbuf.split();
+            let mut out = take_queued(shared, &mut st);
             drop(st);
             let written = write_now(&shared.stream, &mut out);
             st = shared.state();
@@ -345,6 +356,15 @@ impl Connection {
     }
 }
 
+/// Takes what is queued for one write, counting the requests that share it.
+fn take_queued(shared: &Shared, st: &mut State) -> BytesMut {
+    let n = std::mem::take(&mut st.queued);
+    if n > 1 {
+        shared.coalesced.inc_by(n as u64);
+    }
+    st.wbuf.split()
+}
+
 /// Writes as much of `out` as the socket takes without blocking.
 fn write_now(stream: &OwnedWriteHalf, out: &mut BytesMut) -> io::Result<()> {
     while !out.is_empty() {
@@ -372,7 +392,7 @@ async fn write_loop(shared: Arc<Shared>) {
                     st.flushing = false;
                     break;
                 }
-                st.wbuf.split()
+                take_queued(&shared, &mut st)
             };
             loop {
                 // The socket is usually writable: try first, wait if not.
@@ -418,6 +438,7 @@ async fn read_loop(shared: Arc<Shared>, mut read: OwnedReadHalf) {
         }
     };
     shared.closed.cancel();
+    shared.open.dec();
     let write_error = {
         let mut st = shared.state();
         st.closed = true;
@@ -635,7 +656,10 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        (Connection::new(client, mode), server)
+        (
+            Connection::new(client, mode, &ShardMetrics::default()),
+            server,
+        )
     }
 
     fn key(k: &str) -> Key {
@@ -863,7 +887,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn values_over_the_budget_are_dropped_and_the_call_fails() {
-        let server = crate::store::budget::ByteBudget::new(1 << 20);
+        let server = crate::store::budget::ByteBudget::new(1 << 20, Default::default());
         let budget = Arc::new(server.reserve(4));
         let (conn, mut peer) = pair(Mode::Meta).await;
         let c = conn.clone();

@@ -35,6 +35,7 @@ use super::budget::Reservation;
 use super::{Item, Reachability, Store};
 use crate::error::Error;
 use crate::key::Key;
+use crate::metrics::{CacheMetrics, Metrics};
 
 /// Keys per pipelined batch on one connection; bigger groups are split
 /// and sent concurrently.
@@ -65,6 +66,7 @@ pub struct ShardedStore {
     list_timeout: Duration,
     on_down: OnShardDown,
     flights: Flights<GetOutcome>,
+    metrics: CacheMetrics,
 }
 
 /// What happens to the keys of a shard that is marked down.
@@ -88,6 +90,7 @@ impl ShardedStore {
         settings: PoolSettings,
         max_value_bytes: usize,
         on_down: OnShardDown,
+        metrics: &Metrics,
     ) -> Self {
         assert!(
             !shards.is_empty(),
@@ -98,13 +101,20 @@ impl ShardedStore {
             ring: Ring::new(shards),
             shards: shards
                 .iter()
-                .map(|s| Arc::new(Shard::new(s.addr.clone(), settings.clone())))
+                .map(|s| {
+                    Arc::new(Shard::new(
+                        s.addr.clone(),
+                        settings.clone(),
+                        metrics.shard(&s.addr),
+                    ))
+                })
                 .collect(),
             dump_turns: shards.iter().map(|_| tokio::sync::Mutex::new(())).collect(),
             max_value_bytes,
             list_timeout,
             on_down,
             flights: Flights::default(),
+            metrics: metrics.cache.clone(),
         }
     }
 
@@ -503,6 +513,7 @@ impl ShardedStore {
             {
                 protocol::Reply::Keys { keys, skipped } => {
                     if skipped > 0 {
+                        self.metrics.list_keys_skipped.inc_by(skipped as u64);
                         tracing::debug!(
                             shard = %shard.addr(),
                             skipped,
@@ -587,7 +598,10 @@ impl WriteGroup {
 
 impl Store for ShardedStore {
     async fn get(&self, key: &Key, budget: &Arc<Reservation>) -> GetOutcome {
-        let (value, _joined) = self.flights.run(key, || self.read_one(key, budget)).await;
+        let (value, joined) = self.flights.run(key, || self.read_one(key, budget)).await;
+        if joined {
+            self.metrics.deduplicated_reads.inc();
+        }
         value
     }
 
@@ -625,6 +639,9 @@ impl Store for ShardedStore {
                 })
             })
             .collect();
+        self.metrics
+            .deduplicated_reads
+            .inc_by((keys.len() - distinct.len()) as u64);
         let mut requests = Vec::new();
         for (shard_index, group) in groups {
             let shard = &self.shards[shard_index];

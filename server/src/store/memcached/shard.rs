@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use super::connection::{ConnError, Connection, Expect, Mode, Reply, Request};
 use super::protocol::{self, Decoder};
 use crate::error::Error;
+use crate::metrics::ShardMetrics;
 
 /// memcached's default `-I` (item_size_max), assumed until a shard tells us.
 pub const DEFAULT_ITEM_SIZE_MAX: usize = 1024 * 1024;
@@ -82,6 +83,8 @@ type Connect = Shared<BoxFuture<'static, Result<Connection, Error>>>;
 #[derive(Default)]
 struct Slot {
     state: Mutex<SlotState>,
+    /// A connection was opened here before: the next one is a reconnect.
+    connected_before: AtomicBool,
 }
 
 #[derive(Default)]
@@ -123,11 +126,13 @@ pub struct Shard {
     /// costs one atomic load instead of a lock.
     down: AtomicBool,
     ejection: Mutex<Ejection>,
+    metrics: ShardMetrics,
 }
 
 impl Shard {
-    /// A shard at `addr` (nothing is connected yet).
-    pub fn new(addr: String, settings: PoolSettings) -> Shard {
+    /// A shard at `addr` (nothing is connected yet), recording into
+    /// `metrics`.
+    pub fn new(addr: String, settings: PoolSettings, metrics: ShardMetrics) -> Shard {
         let lane = |n: usize| (0..n.max(1)).map(|_| Slot::default()).collect();
         Shard {
             addr,
@@ -141,6 +146,7 @@ impl Shard {
             item_size_max: AtomicUsize::new(0),
             down: AtomicBool::new(false),
             ejection: Mutex::new(Ejection::default()),
+            metrics,
         }
     }
 
@@ -192,6 +198,7 @@ impl Shard {
             if let Some(since) = e.down_since.take() {
                 e.last_trial = None;
                 self.down.store(false, Ordering::Relaxed);
+                self.metrics.up.set(1);
                 tracing::info!(shard = %self.addr, down_for = ?since.elapsed(), "shard is back up");
             }
             return;
@@ -200,6 +207,8 @@ impl Shard {
         if e.down_since.is_none() && e.consecutive_failures >= self.settings.failure_limit {
             e.down_since = Some(Instant::now());
             self.down.store(true, Ordering::Relaxed);
+            self.metrics.up.set(0);
+            self.metrics.ejections.inc();
             tracing::warn!(
                 shard = %self.addr,
                 failures = e.consecutive_failures,
@@ -251,7 +260,10 @@ impl Shard {
     where
         E: FnOnce(&mut BytesMut, u32),
     {
-        self.settle(conn.request(req, self.settings.timeout).await)
+        let start = self.metrics.latency.start();
+        let outcome = conn.request(req, self.settings.timeout).await;
+        self.metrics.latency.observe_since(start);
+        self.settle(outcome)
     }
 
     /// Like [`Shard::call`], for reads on a meta connection: a read that
@@ -269,7 +281,10 @@ impl Shard {
     {
         let timeout = self.settings.timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        match conn.request(make(), timeout).await {
+        let start = self.metrics.latency.start();
+        let outcome = conn.request(make(), timeout).await;
+        self.metrics.latency.observe_since(start);
+        match outcome {
             Err(ConnError::Closed) => {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let fresh = tokio::time::timeout(left, self.connection(lane))
@@ -282,7 +297,10 @@ impl Shard {
                 if left.is_zero() {
                     return self.settle(Err(ConnError::Timeout(timeout)));
                 }
-                self.settle(fresh.request(make(), left).await)
+                let start = self.metrics.latency.start();
+                let outcome = fresh.request(make(), left).await;
+                self.metrics.latency.observe_since(start);
+                self.settle(outcome)
             }
             other => self.settle(other),
         }
@@ -292,11 +310,30 @@ impl Shard {
     fn settle(&self, outcome: Result<Reply, ConnError>) -> Result<Reply, Error> {
         match outcome {
             Ok(reply) => {
+                if matches!(
+                    reply,
+                    Reply::ServerError(_)
+                        | Reply::Quiet {
+                            server_error: Some(_),
+                            ..
+                        }
+                        | Reply::Text(protocol::Reply::ServerError(_))
+                ) {
+                    self.metrics.server_errors.inc();
+                }
                 self.record(Some(true));
                 Ok(reply)
             }
             Err(e) => {
                 tracing::debug!(shard = %self.addr, error = %e, "memcached call failed");
+                match &e {
+                    ConnError::Timeout(_) => self.metrics.timeouts.inc(),
+                    ConnError::Protocol(_) => self.metrics.protocol_errors.inc(),
+                    ConnError::Io(_) => self.metrics.io_errors.inc(),
+                    // Collateral of a failure counted already, or
+                    // memgate's own limit.
+                    ConnError::Closed | ConnError::Budget(_) => {}
+                }
                 // Requests that only shared a connection with the one that
                 // failed are collateral, and a byte budget is memgate's own
                 // limit: neither counts against the shard.
@@ -333,8 +370,15 @@ impl Shard {
                 Err(_) => SlotState::Empty,
             };
             drop(st);
-            if result.is_err() {
-                self.record(Some(false));
+            match &result {
+                Ok(_) if slot.connected_before.swap(true, Ordering::Relaxed) => {
+                    self.metrics.reconnects.inc()
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.metrics.refused.inc();
+                    self.record(Some(false));
+                }
             }
         }
         result
@@ -348,6 +392,7 @@ impl Shard {
         let timeout = self.settings.connect_timeout;
         let keepalive = self.settings.keepalive;
         let known = self.mode.clone();
+        let metrics = self.metrics.clone();
         async move {
             let unavailable = |reason: String| Error::ShardUnavailable {
                 addr: addr.clone(),
@@ -384,7 +429,7 @@ impl Shard {
                      using the text protocol, one request at a time per connection"
                 );
             }
-            Ok(Connection::new(stream, mode))
+            Ok(Connection::new(stream, mode, &metrics))
         }
     }
 
@@ -392,6 +437,14 @@ impl Shard {
     /// its own) and learns its item size limit the first time. Works while
     /// the shard is down: that is how it comes back.
     pub async fn probe(&self) -> Result<(), Error> {
+        let answered = self.probe_once().await;
+        self.metrics
+            .up
+            .set(i64::from(answered.is_ok() && !self.is_down()));
+        answered
+    }
+
+    async fn probe_once(&self) -> Result<(), Error> {
         let conn = self.slot_connection(&self.probe).await?;
         let text = |encode: fn(&mut BytesMut), decoder: Decoder| Request {
             encode: move |buf: &mut BytesMut, _| encode(buf),
@@ -443,12 +496,15 @@ impl Shard {
             .map_err(|_| Error::ShardUnavailable {
                 addr: self.addr.clone(),
                 reason: format!("no connection within {connect_timeout:?} (--connect-timeout)"),
-            })?
-            .map_err(|e| Error::ShardUnavailable {
-                addr: self.addr.clone(),
-                reason: e.to_string(),
-            })?;
-        let conn = Connection::new(stream, Mode::Text);
+            })
+            .and_then(|r| {
+                r.map_err(|e| Error::ShardUnavailable {
+                    addr: self.addr.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .inspect_err(|_| self.metrics.refused.inc())?;
+        let conn = Connection::new(stream, Mode::Text, &self.metrics);
         let req = Request {
             encode: move |buf: &mut BytesMut, _| buf.extend_from_slice(&bytes),
             tokens: 1,
@@ -545,6 +601,7 @@ mod tests {
                 failure_limit: 3,
                 retry_timeout,
             },
+            ShardMetrics::default(),
         )
     }
 
