@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 export PATH="$(go env GOPATH)/bin:$PATH"
 
 scripts/setup.sh
+# scripts/proto-check.sh (run by .ci/run) fails on a breaking proto change.
+tests/tools/proto-check-selftest.sh
 cargo test --workspace
 cargo build -p memgate-server -p memgate-client
 scripts/with-stack.sh tests/tools/grpcurl-session.sh
