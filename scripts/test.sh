@@ -2,12 +2,15 @@
 # The whole test suite, from a fresh machine: installs what is missing,
 # then runs the Rust unit and integration tests (real memcached processes),
 # the grpcurl / grpc-health-probe session, and every language client
-# against a live memgate over a 3-shard memcached pool.
+# against a live memgate over a 3-shard memcached pool, then installs each
+# client into an empty project the way its README says and calls it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$(go env GOPATH)/bin:$PATH"
 
 scripts/setup.sh
+# scripts/proto-check.sh (run by .ci/run) fails on a breaking proto change.
+tests/tools/proto-check-selftest.sh
 cargo test --workspace
 cargo build -p memgate-server -p memgate-client
 scripts/with-stack.sh tests/tools/grpcurl-session.sh
@@ -18,3 +21,7 @@ for lang in python node go; do
     scripts/with-stack.sh bash "client/$lang/ci.sh"
   fi
 done
+# Each client installed from this checkout into an empty project, as its
+# README says, then imported and called.
+echo "== client installs =="
+scripts/with-stack.sh tests/tools/client-install.sh
