@@ -290,3 +290,83 @@ async fn a_dead_shard_shows_as_errors_an_ejection_and_down() {
     }
     mg.stop().await;
 }
+
+/// Every metric name in the Grafana dashboard's queries, and the dashboard
+/// covers rates, latency quantiles, hit ratio and per-shard errors and state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_query_names_an_exported_series() {
+    let pool = pool(1);
+    let mut config = config_for(&pool);
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let mg = Memgate::start(config).await;
+    // One call, so that series made on first use exist too.
+    mg.raw
+        .clone()
+        .get(pb::GetRequest { key: "k".into() })
+        .await
+        .unwrap();
+    let exported: std::collections::BTreeSet<String> = Scrape::take(mg.metrics_addr.unwrap())
+        .await
+        .0
+        .keys()
+        .map(|k| k.split('{').next().unwrap().to_owned())
+        .collect();
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/memgate.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "{} queries", exprs.len());
+    let mut named = std::collections::BTreeSet::new();
+    for expr in &exprs {
+        let names = metric_names(expr);
+        assert!(
+            !names.is_empty(),
+            "a query naming no memgate series: {expr}"
+        );
+        for name in names {
+            assert!(
+                exported.contains(&name),
+                "the dashboard queries {name}, which memgate does not export: {expr}"
+            );
+            named.insert(name);
+        }
+    }
+    for needed in [
+        "grpc_server_handled_total",
+        "grpc_server_handling_seconds_bucket",
+        "memgate_cache_hits_total",
+        "memgate_cache_misses_total",
+        "memgate_shard_errors_total",
+        "memgate_shard_up",
+        "memgate_shard_request_seconds_bucket",
+    ] {
+        assert!(named.contains(needed), "the dashboard shows no {needed}");
+    }
+    mg.stop().await;
+}
+
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// Metric names in a PromQL expression: identifiers with memgate's or the
+/// gRPC series' prefix (label names such as `grpc_method` have neither).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|t| t.starts_with("memgate_") || t.starts_with("grpc_server_"))
+        .map(str::to_owned)
+        .collect()
+}
