@@ -499,54 +499,13 @@ async fn list_skips_keys_that_are_not_utf8() {
     );
 }
 
-/// Starts twemproxy (nutcracker) in front of `mc`: a real server that
-/// speaks only the text protocol (it hangs up on meta commands).
-fn twemproxy(mc: &Memcached, dir: &std::path::Path) -> (std::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let conf = dir.join("nutcracker.yml");
-    std::fs::write(
-        &conf,
-        format!(
-            "pool:\n  listen: {addr}\n  hash: fnv1a_64\n  distribution: ketama\n  timeout: 1000\n  servers:\n    - {}:1\n",
-            mc.addr
-        ),
-    )
-    .unwrap();
-    let bin = ["/usr/sbin/nutcracker", "/usr/bin/nutcracker"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("nutcracker must be installed (scripts/setup.sh installs it)");
-    let stats_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new(bin)
-        .args(["-c", conf.to_str().unwrap(), "-s", &stats_port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "twemproxy did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (child, addr)
-}
-
 /// A server without the meta protocol (twemproxy) gets the text protocol:
 /// every operation works through it, one request at a time per connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_without_meta_commands_get_the_text_protocol() {
     let mc = Memcached::spawn();
     let dir = tempfile::tempdir().unwrap();
-    let (mut proxy, addr) = twemproxy(&mc, dir.path());
+    let (mut proxy, addr) = common::twemproxy(&[(mc.addr.as_str(), 1)], "fnv1a_64", dir.path());
     let mg = Memgate::start(common::config_for_addrs(std::slice::from_ref(&addr))).await;
     let keys: Vec<String> = (0..50).map(|i| unique(&format!("text{i}"))).collect();
     let items: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();

@@ -9,7 +9,8 @@ use clap::Parser;
 
 use crate::auth::Tokens;
 use crate::store::memcached::OnShardDown;
-use crate::store::memcached::ring::ShardSpec;
+use crate::store::memcached::ketama::KeyHash;
+use crate::store::memcached::ring::{Distribution, Placement, ShardSpec};
 use crate::store::memcached::shard::PoolSettings;
 
 /// Default listen address.
@@ -164,6 +165,18 @@ pub struct Cli {
     #[arg(long, env = "MEMGATE_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
 
+    /// How keys are spread over the servers: `ring` (memgate's own) or
+    /// `ketama`, placing every key exactly where twemproxy (nutcracker)
+    /// with `distribution: ketama` and the same `hash` puts it (with
+    /// `--hash md5`, where libmemcached's ketama puts it).
+    #[arg(long, env = "MEMGATE_DISTRIBUTION", value_enum, default_value_t = Distribution::Ring)]
+    pub distribution: Distribution,
+
+    /// The key hash of `--distribution ketama` (twemproxy's `hash:`
+    /// setting; its default is fnv1a_64).
+    #[arg(long, env = "MEMGATE_HASH", value_enum)]
+    pub hash: Option<KeyHash>,
+
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g.
     /// 127.0.0.1:9090). Off when not given: nothing is recorded.
     #[arg(long, env = "MEMGATE_METRICS_LISTEN")]
@@ -242,6 +255,8 @@ pub enum Backend {
         pool: PoolSettings,
         /// What happens to a down shard's keys.
         on_down: OnShardDown,
+        /// How keys are spread over the servers.
+        placement: Placement,
     },
 }
 
@@ -343,6 +358,16 @@ impl TryFrom<Cli> for Config {
             .map(str::parse::<ShardSpec>)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("--memcached: {e}"))?;
+        if cli.hash.is_some() && cli.distribution != Distribution::Ketama {
+            return Err(
+                "--hash chooses the key hash of --distribution ketama; the default ring has its own"
+                    .to_owned(),
+            );
+        }
+        let placement = Placement {
+            distribution: cli.distribution,
+            hash: cli.hash.unwrap_or_default(),
+        };
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = shards.iter().find(|s| !seen.insert(&s.addr)) {
             return Err(format!("--memcached lists {} twice", dup.addr));
@@ -437,6 +462,7 @@ impl TryFrom<Cli> for Config {
                     retry_timeout: cli.shard_retry_timeout,
                 },
                 on_down: cli.on_shard_down,
+                placement,
             }
         };
         Ok(Config {
@@ -468,6 +494,31 @@ mod tests {
         Cli::try_parse_from(all)
             .map_err(|e| e.to_string())?
             .try_into()
+    }
+
+    #[test]
+    fn ketama_takes_a_hash_and_the_ring_refuses_one() {
+        let c = parse(&[
+            "--memcached",
+            "a:1",
+            "--distribution",
+            "ketama",
+            "--hash",
+            "md5",
+        ])
+        .unwrap();
+        let Backend::Memcached { placement, .. } = c.backend else {
+            panic!("memcached backend")
+        };
+        assert_eq!(placement.distribution, Distribution::Ketama);
+        assert_eq!(placement.hash, KeyHash::Md5);
+        let c = parse(&["--memcached", "a:1", "--distribution", "ketama"]).unwrap();
+        let Backend::Memcached { placement, .. } = c.backend else {
+            panic!("memcached backend")
+        };
+        assert_eq!(placement.hash, KeyHash::Fnv1a64, "twemproxy's default");
+        let err = parse(&["--memcached", "a:1", "--hash", "md5"]).unwrap_err();
+        assert!(err.contains("--distribution ketama"), "{err}");
     }
 
     #[test]

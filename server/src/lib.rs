@@ -116,10 +116,12 @@ pub async fn run_with_metrics(
             shards,
             pool,
             on_down,
+            placement,
         } => {
             let store = ShardedStore::new(
                 shards,
                 pool.clone(),
+                *placement,
                 config.limits.max_value_bytes,
                 *on_down,
                 &metrics,

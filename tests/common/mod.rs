@@ -25,8 +25,9 @@ use tonic_health::pb::health_client::HealthClient;
 /// One memcached process, killed on drop.
 pub struct Memcached {
     child: Option<Child>,
-    /// `127.0.0.1:port`.
+    /// `host:port`.
     pub addr: String,
+    host: String,
     port: u16,
     extra_args: Vec<String>,
     dir: tempfile::TempDir,
@@ -47,11 +48,26 @@ impl Memcached {
         let mut mc = Memcached {
             child: None,
             addr: String::new(),
+            host: "127.0.0.1".to_owned(),
             port: 0,
             extra_args: args.iter().map(|s| s.to_string()).collect(),
             dir,
         };
         mc.start_on("-1");
+        mc
+    }
+
+    /// Starts memcached on memcached's default port, 11211, of a free
+    /// loopback address (127.0.0.2 and up), as most pools run it.
+    pub fn spawn_on_default_port() -> Memcached {
+        let host = (2..=254)
+            .map(|i| format!("127.0.0.{i}"))
+            .find(|h| std::net::TcpListener::bind((h.as_str(), 11211)).is_ok())
+            .expect("a loopback address with port 11211 free");
+        let mut mc = Memcached::spawn_with(&[]);
+        mc.kill();
+        mc.host = host;
+        mc.start_on("11211");
         mc
     }
 
@@ -64,7 +80,7 @@ impl Memcached {
         let _ = std::fs::remove_file(&port_file);
         let mut cmd = Command::new("memcached");
         cmd.env("MEMCACHED_PORT_FILENAME", &port_file)
-            .args(["-l", "127.0.0.1", "-p", port, "-U", "0", "-m", "64"])
+            .args(["-l", &self.host, "-p", port, "-U", "0", "-m", "64"])
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -81,7 +97,7 @@ impl Memcached {
             let text = std::fs::read_to_string(&port_file).unwrap_or_default();
             if let Some(p) = text.lines().find_map(|l| l.strip_prefix("TCP INET: ")) {
                 self.port = p.trim().parse().unwrap();
-                self.addr = format!("127.0.0.1:{}", self.port);
+                self.addr = format!("{}:{}", self.host, self.port);
                 return;
             }
             assert!(Instant::now() < deadline, "memcached did not start");
@@ -430,4 +446,52 @@ impl Drop for FakeMemcached {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Starts twemproxy (nutcracker, installed by scripts/setup.sh) over
+/// `servers` (`addr`, weight) with `distribution: ketama` and key hash
+/// `hash`, its config in `dir`; returns the process and its address. A
+/// real server that speaks only the text protocol (it hangs up on meta
+/// commands).
+pub fn twemproxy(
+    servers: &[(&str, usize)],
+    hash: &str,
+    dir: &std::path::Path,
+) -> (std::process::Child, String) {
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let conf = dir.join(format!("nutcracker-{hash}.yml"));
+    let servers: String = servers
+        .iter()
+        .map(|(a, w)| format!("    - {a}:{w}\n"))
+        .collect();
+    std::fs::write(
+        &conf,
+        format!(
+            "pool:\n  listen: {addr}\n  hash: {hash}\n  distribution: ketama\n  timeout: 1000\n  servers:\n{servers}"
+        ),
+    )
+    .unwrap();
+    let bin = ["/usr/sbin/nutcracker", "/usr/bin/nutcracker"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("nutcracker must be installed (scripts/setup.sh installs it)");
+    let child = std::process::Command::new(bin)
+        .args(["-c", conf.to_str().unwrap(), "-s", &free_port().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "twemproxy did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, addr)
 }

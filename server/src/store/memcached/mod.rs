@@ -11,6 +11,7 @@
 //! to every shard, one dump per shard at a time.
 
 pub mod connection;
+pub mod ketama;
 pub mod meta;
 pub mod protocol;
 pub mod ring;
@@ -28,7 +29,7 @@ use futures::future::join_all;
 use self::connection::{Connection, Expect, MetaReply, Mode, Reply, Request};
 use self::meta::Code;
 use self::protocol::{Decoder, DumpWalk};
-use self::ring::{Ring, ShardSpec};
+use self::ring::{Placement, Ring, ShardSpec};
 use self::shard::{Lane, PoolSettings, Shard};
 use self::singleflight::Flights;
 use super::budget::Reservation;
@@ -88,6 +89,7 @@ impl ShardedStore {
     pub fn new(
         shards: &[ShardSpec],
         settings: PoolSettings,
+        placement: Placement,
         max_value_bytes: usize,
         on_down: OnShardDown,
         metrics: &Metrics,
@@ -98,7 +100,7 @@ impl ShardedStore {
         );
         let list_timeout = settings.timeout * LIST_TIMEOUT_FACTOR;
         ShardedStore {
-            ring: Ring::new(shards),
+            ring: Ring::with_placement(shards, placement),
             shards: shards
                 .iter()
                 .map(|s| {

@@ -14,6 +14,8 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use consistent_hash_ring::{Ring as HashRing, RingBuilder};
 use twox_hash::XxHash64;
 
+use super::ketama::{Continuum, KeyHash};
+
 /// A fixed, unseeded hash: the same in every process and on every machine.
 type StableHash = BuildHasherDefault<XxHash64>;
 
@@ -84,45 +86,95 @@ impl PartialEq for Node {
 
 impl Eq for Node {}
 
+/// How keys are spread over the servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distribution {
+    /// memgate's own consistent-hash ring (XXH64, 160 points per unit of
+    /// weight).
+    #[default]
+    Ring,
+    /// ketama exactly as twemproxy places keys (with `--hash md5`, as
+    /// libmemcached's ketama): a pool moved from either keeps its keys
+    /// where they are.
+    Ketama,
+}
+
+/// Which placement, and for ketama which key hash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The algorithm.
+    pub distribution: Distribution,
+    /// The key hash (ketama only).
+    pub hash: KeyHash,
+}
+
 /// Maps keys to shard indexes.
 pub struct Ring {
-    ring: HashRing<Node, StableHash>,
+    placement: Placer,
+}
+
+enum Placer {
+    Ring(HashRing<Node, StableHash>),
+    Ketama(Continuum),
 }
 
 impl std::fmt::Debug for Ring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring")
-            .field("nodes", &self.ring.len())
-            .finish()
+        match &self.placement {
+            Placer::Ring(r) => f.debug_struct("Ring").field("nodes", &r.len()).finish(),
+            Placer::Ketama(c) => f.debug_tuple("Ring").field(c).finish(),
+        }
     }
 }
 
 impl Ring {
-    /// A ring over `shards`; index `i` in the answers is `shards[i]`.
+    /// memgate's own ring over `shards`; index `i` in the answers is
+    /// `shards[i]`.
     pub fn new(shards: &[ShardSpec]) -> Ring {
-        let nodes = shards.iter().enumerate().map(|(index, s)| {
-            let node = Node {
-                addr: s.addr.clone(),
-                index,
-            };
-            (node, s.weight * VNODES_PER_WEIGHT)
-        });
-        Ring {
-            ring: RingBuilder::new(StableHash::default())
-                .weighted_nodes_iter(nodes)
-                .build(),
-        }
+        Ring::with_placement(shards, Placement::default())
+    }
+
+    /// A ring over `shards` placing keys by `placement`.
+    pub fn with_placement(shards: &[ShardSpec], placement: Placement) -> Ring {
+        let placement = match placement.distribution {
+            Distribution::Ring => {
+                let nodes = shards.iter().enumerate().map(|(index, s)| {
+                    let node = Node {
+                        addr: s.addr.clone(),
+                        index,
+                    };
+                    (node, s.weight * VNODES_PER_WEIGHT)
+                });
+                Placer::Ring(
+                    RingBuilder::new(StableHash::default())
+                        .weighted_nodes_iter(nodes)
+                        .build(),
+                )
+            }
+            Distribution::Ketama => {
+                let servers: Vec<(&str, usize)> =
+                    shards.iter().map(|s| (s.addr.as_str(), s.weight)).collect();
+                Placer::Ketama(Continuum::new(&servers, placement.hash))
+            }
+        };
+        Ring { placement }
     }
 
     /// The index of the shard that owns `key`.
     pub fn shard_for(&self, key: &str) -> usize {
-        self.ring.get(key).index
+        match &self.placement {
+            Placer::Ring(r) => r.get(key).index,
+            Placer::Ketama(c) => c.server_for(key),
+        }
     }
 
     /// Shard indexes in ring order after the owner of `key` (the owner
     /// first): where a key goes when its owner is down.
-    pub fn candidates(&self, key: &str) -> impl Iterator<Item = usize> + '_ {
-        self.ring.replicas(key).map(|n| n.index)
+    pub fn candidates(&self, key: &str) -> Box<dyn Iterator<Item = usize> + '_> {
+        match &self.placement {
+            Placer::Ring(r) => Box::new(r.replicas(key).map(|n| n.index)),
+            Placer::Ketama(c) => Box::new(c.candidates(key)),
+        }
     }
 }
 
