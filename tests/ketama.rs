@@ -90,7 +90,8 @@ async fn ketama_places_every_key_where_twemproxy_does() {
         ("crc32a", KeyHash::Crc32a),
         ("one_at_a_time", KeyHash::OneAtATime),
     ] {
-        let (mut proxy, addr) = common::twemproxy(&servers, name, dir.path());
+        let proxy = common::twemproxy(&servers, name, dir.path());
+        let addr = proxy.addr.clone();
         // Structured and short keys, and bytes over 0x7f (sign extension).
         let keys: Vec<String> = (0..KEYS)
             .map(|i| match i % 3 {
@@ -166,7 +167,6 @@ async fn ketama_places_every_key_where_twemproxy_does() {
             assert_eq!(found, 1000, "{:?}", results.iter().find(|r| !r.found));
             mg.stop().await;
         }
-        proxy.kill().unwrap();
-        let _ = proxy.wait();
+        drop(proxy);
     }
 }

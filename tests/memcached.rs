@@ -505,7 +505,8 @@ async fn list_skips_keys_that_are_not_utf8() {
 async fn servers_without_meta_commands_get_the_text_protocol() {
     let mc = Memcached::spawn();
     let dir = tempfile::tempdir().unwrap();
-    let (mut proxy, addr) = common::twemproxy(&[(mc.addr.as_str(), 1)], "fnv1a_64", dir.path());
+    let proxy = common::twemproxy(&[(mc.addr.as_str(), 1)], "fnv1a_64", dir.path());
+    let addr = proxy.addr.clone();
     let mg = Memgate::start(common::config_for_addrs(std::slice::from_ref(&addr))).await;
     let keys: Vec<String> = (0..50).map(|i| unique(&format!("text{i}"))).collect();
     let items: Vec<(String, String)> = keys.iter().map(|k| (k.clone(), format!("v-{k}"))).collect();
@@ -556,6 +557,5 @@ async fn servers_without_meta_commands_get_the_text_protocol() {
     assert!(mg.client.delete(&keys[0]).await.unwrap());
     assert!(!mg.client.delete(&keys[0]).await.unwrap());
     assert_eq!(mg.client.get(&keys[0]).await.unwrap(), None);
-    let _ = proxy.kill();
-    let _ = proxy.wait();
+    drop(proxy);
 }

@@ -448,16 +448,25 @@ impl Drop for FakeMemcached {
     }
 }
 
+/// A twemproxy process, killed when dropped (also when a test fails).
+pub struct Twemproxy {
+    child: std::process::Child,
+    /// Where it listens.
+    pub addr: String,
+}
+
+impl Drop for Twemproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts twemproxy (nutcracker, installed by scripts/setup.sh) over
 /// `servers` (`addr`, weight) with `distribution: ketama` and key hash
-/// `hash`, its config in `dir`; returns the process and its address. A
-/// real server that speaks only the text protocol (it hangs up on meta
-/// commands).
-pub fn twemproxy(
-    servers: &[(&str, usize)],
-    hash: &str,
-    dir: &std::path::Path,
-) -> (std::process::Child, String) {
+/// `hash`, its config in `dir`. A real server that speaks only the text
+/// protocol (it hangs up on meta commands).
+pub fn twemproxy(servers: &[(&str, usize)], hash: &str, dir: &std::path::Path) -> Twemproxy {
     let free_port = || {
         std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -493,5 +502,5 @@ pub fn twemproxy(
         assert!(Instant::now() < deadline, "twemproxy did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
-    (child, addr)
+    Twemproxy { child, addr }
 }
