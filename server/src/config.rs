@@ -177,10 +177,31 @@ pub struct Cli {
     #[arg(long, env = "MEMGATE_HASH", value_enum)]
     pub hash: Option<KeyHash>,
 
+    /// After the pool changes, for this long a read that misses on a key's
+    /// new server falls back to its previous server and copies what it
+    /// finds (no cold cache for moved keys); writes and deletes also
+    /// delete the old copy. 0s: off.
+    #[arg(long, env = "MEMGATE_REBALANCE_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub rebalance_window: Duration,
+
+    /// Most fallback reads per second during the rebalance window (more
+    /// misses stay misses), bounding the extra load on the old servers.
+    #[arg(long, env = "MEMGATE_REBALANCE_FALLBACK_RATE", default_value_t = 1000)]
+    pub rebalance_fallback_rate: u32,
+
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g.
     /// 127.0.0.1:9090). Off when not given: nothing is recorded.
     #[arg(long, env = "MEMGATE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+}
+
+/// What happens while keys move after a membership change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rebalance {
+    /// How long reads fall back to a key's previous server (zero: off).
+    pub window: Duration,
+    /// Most fallback reads per second.
+    pub fallback_rate: u32,
 }
 
 /// PEM material for serving TLS. `Debug` hides the key.
@@ -257,6 +278,9 @@ pub enum Backend {
         on_down: OnShardDown,
         /// How keys are spread over the servers.
         placement: Placement,
+        /// After a membership change: how long reads fall back to a key's
+        /// previous owner, and how many such reads per second at most.
+        rebalance: Rebalance,
     },
 }
 
@@ -463,6 +487,10 @@ impl TryFrom<Cli> for Config {
                 },
                 on_down: cli.on_shard_down,
                 placement,
+                rebalance: Rebalance {
+                    window: cli.rebalance_window,
+                    fallback_rate: cli.rebalance_fallback_rate,
+                },
             }
         };
         Ok(Config {

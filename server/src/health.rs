@@ -94,7 +94,7 @@ pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 /// Probes `store` every `interval` until `stop`, keeping `reporter` current.
 pub async fn run_checker<S: Store>(
     store: Arc<S>,
-    reporter: HealthReporter,
+    mut reporter: HealthReporter,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -130,6 +130,12 @@ pub async fn run_checker<S: Store>(
                 return;
             }
             set_all(&reporter, status).await;
+            // Servers that left the pool no longer have a status.
+            for (addr, _) in last.iter().flat_map(|l| &l.shards) {
+                if !now.shards.iter().any(|(a, _)| a == addr) {
+                    reporter.clear_service_status(&shard_service(addr)).await;
+                }
+            }
             for (addr, ok) in &now.shards {
                 let shard_status = if *ok {
                     ServingStatus::Serving

@@ -117,6 +117,7 @@ pub async fn run_with_metrics(
             pool,
             on_down,
             placement,
+            rebalance,
         } => {
             let store = ShardedStore::new(
                 shards,
@@ -125,6 +126,7 @@ pub async fn run_with_metrics(
                 config.limits.max_value_bytes,
                 *on_down,
                 &metrics,
+                *rebalance,
             );
             Ok(serve(listener, Arc::new(store), config, metrics, shutdown).await?)
         }

@@ -42,6 +42,9 @@ const LATENCY_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The `kind` label values of `memgate_shard_errors_total`.
+const SHARD_ERROR_KINDS: [&str; 5] = ["timeout", "refused", "io", "protocol", "server_error"];
+
 /// Keys-per-batch buckets.
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
@@ -86,6 +89,11 @@ impl Counter {
         if let Some(c) = &self.0 {
             c.inc_by(n);
         }
+    }
+
+    /// The count so far (0 when metrics are off).
+    pub fn get(&self) -> u64 {
+        self.0.as_ref().map_or(0, |c| c.get())
     }
 }
 
@@ -191,6 +199,14 @@ pub struct CacheMetrics {
     pub deduplicated_reads: Counter,
     /// Keys List skipped (not UTF-8).
     pub list_keys_skipped: Counter,
+    /// Reads sent to a key's previous server after a pool change.
+    pub rebalance_fallback_reads: Counter,
+    /// Fallback reads that found the key.
+    pub rebalance_fallback_hits: Counter,
+    /// Keys copied to their new server.
+    pub rebalance_copies: Counter,
+    /// Previous copies of moved keys that could not be deleted.
+    pub rebalance_stale_deletes_failed: Counter,
 }
 
 /// One shard's series, labelled with its address.
@@ -254,6 +270,10 @@ pub struct Metrics {
     pub inflight_bytes: Gauge,
     /// Calls refused at the concurrency limit.
     pub shed_calls: Counter,
+    /// Servers in the pool.
+    pub pool_servers: Gauge,
+    /// Membership changes applied.
+    pub pool_changes: Counter,
     /// Read at each scrape, for values kept elsewhere.
     samplers: Mutex<Vec<Sampler>>,
 }
@@ -286,6 +306,8 @@ impl Metrics {
             inflight_calls: Gauge::default(),
             inflight_bytes: Gauge::default(),
             shed_calls: Counter::default(),
+            pool_servers: Gauge::default(),
+            pool_changes: Counter::default(),
             samplers: Mutex::new(Vec::new()),
         })
     }
@@ -435,7 +457,28 @@ impl Metrics {
                 "memgate_list_keys_skipped_total",
                 "Keys List skipped because they are not UTF-8 (written by another client).",
             ),
+            rebalance_fallback_reads: cache_counter(
+                "memgate_rebalance_fallback_reads_total",
+                "Reads sent to a key's previous server after it missed on its new one, during the rebalance window.",
+            ),
+            rebalance_fallback_hits: cache_counter(
+                "memgate_rebalance_fallback_hits_total",
+                "Fallback reads that found the key on its previous server.",
+            ),
+            rebalance_copies: cache_counter(
+                "memgate_rebalance_copies_total",
+                "Keys copied from their previous server to their new one (add: never over a newer value).",
+            ),
+            rebalance_stale_deletes_failed: cache_counter(
+                "memgate_rebalance_stale_deletes_failed_total",
+                "Previous-server copies of written or deleted keys that could not be deleted during the window.",
+            ),
         };
+        let pool_servers = gauge("memgate_pool_servers", "memcached servers in the pool now.");
+        let pool_changes = cache_counter(
+            "memgate_pool_changes_total",
+            "Changes of the pool's membership applied while serving.",
+        );
         let inflight_calls = gauge(
             "memgate_inflight_calls",
             "Calls being handled, probes and streams included.",
@@ -460,6 +503,8 @@ impl Metrics {
             inflight_calls,
             inflight_bytes,
             shed_calls,
+            pool_servers,
+            pool_changes,
             samplers: Mutex::new(Vec::new()),
         })
     }
@@ -488,6 +533,20 @@ impl Metrics {
             reconnects: Counter(Some(f.shard_reconnects.with_label_values(&[addr]))),
             coalesced: Counter(Some(f.shard_coalesced.with_label_values(&[addr]))),
         }
+    }
+
+    /// Drops the series of a shard that left the pool.
+    pub fn forget_shard(&self, addr: &str) {
+        let Some(f) = &self.families else { return };
+        for kind in SHARD_ERROR_KINDS {
+            let _ = f.shard_errors.remove_label_values(&[addr, kind]);
+        }
+        let _ = f.shard_latency.remove_label_values(&[addr]);
+        let _ = f.shard_up.remove_label_values(&[addr]);
+        let _ = f.shard_ejections.remove_label_values(&[addr]);
+        let _ = f.shard_connections.remove_label_values(&[addr]);
+        let _ = f.shard_reconnects.remove_label_values(&[addr]);
+        let _ = f.shard_coalesced.remove_label_values(&[addr]);
     }
 
     /// Runs `sample` before each scrape: for values kept elsewhere, such as

@@ -58,6 +58,14 @@ impl<'a> Command<'a> {
         self
     }
 
+    /// A flag with a one-letter value (the mode of `ms`: `ME` is add).
+    pub fn flag_mode(self, f: u8, mode: u8) -> Self {
+        self.buf.put_u8(b' ');
+        self.buf.put_u8(f);
+        self.buf.put_u8(mode);
+        self
+    }
+
     /// The opaque token the reply must echo.
     pub fn token(self, token: u32) -> Self {
         self.flag_num(b'O', u64::from(token))

@@ -13,7 +13,9 @@
 pub mod connection;
 pub mod ketama;
 pub mod meta;
+pub mod pool;
 pub mod protocol;
+pub mod rebalance;
 pub mod ring;
 pub mod shard;
 pub mod singleflight;
@@ -28,12 +30,15 @@ use futures::future::join_all;
 
 use self::connection::{Connection, Expect, MetaReply, Mode, Reply, Request};
 use self::meta::Code;
+use self::pool::{Change, Membership, Pool};
 use self::protocol::{Decoder, DumpWalk};
-use self::ring::{Placement, Ring, ShardSpec};
+use self::rebalance::Fallbacks;
+use self::ring::{Placement, ShardSpec};
 use self::shard::{Lane, PoolSettings, Shard};
 use self::singleflight::Flights;
 use super::budget::Reservation;
 use super::{Item, Reachability, Store};
+use crate::config::Rebalance;
 use crate::error::Error;
 use crate::key::Key;
 use crate::metrics::{CacheMetrics, Metrics};
@@ -55,18 +60,16 @@ const LIST_TIMEOUT_FACTOR: u32 = 10;
 
 type GetOutcome = Result<Option<Bytes>, Error>;
 
-/// A pool of memcached servers behind a consistent-hash ring.
+/// A pool of memcached servers behind a consistent-hash ring, whose
+/// membership can change while it serves ([`pool`]).
 #[derive(Debug)]
 pub struct ShardedStore {
-    ring: Ring,
-    shards: Vec<Arc<Shard>>,
-    /// One per shard: held for a key dump, so this server sends a shard at
-    /// most one dump at a time (memcached would answer the others BUSY).
-    dump_turns: Vec<tokio::sync::Mutex<()>>,
+    members: Arc<Membership>,
     max_value_bytes: usize,
     list_timeout: Duration,
     on_down: OnShardDown,
     flights: Flights<GetOutcome>,
+    fallbacks: Fallbacks,
     metrics: CacheMetrics,
 }
 
@@ -85,62 +88,81 @@ pub enum OnShardDown {
 }
 
 impl ShardedStore {
-    /// A store over `shards` (at least one). Nothing connects until used.
+    /// A store over `shards` (possibly none yet). Nothing connects until
+    /// used. After a membership change ([`ShardedStore::update`]) the
+    /// previous placement stays readable for `rebalance.window`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shards: &[ShardSpec],
         settings: PoolSettings,
         placement: Placement,
         max_value_bytes: usize,
         on_down: OnShardDown,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
+        rebalance: Rebalance,
     ) -> Self {
-        assert!(
-            !shards.is_empty(),
-            "a sharded store needs at least one shard"
-        );
         let list_timeout = settings.timeout * LIST_TIMEOUT_FACTOR;
         ShardedStore {
-            ring: Ring::with_placement(shards, placement),
-            shards: shards
-                .iter()
-                .map(|s| {
-                    Arc::new(Shard::new(
-                        s.addr.clone(),
-                        settings.clone(),
-                        metrics.shard(&s.addr),
-                    ))
-                })
-                .collect(),
-            dump_turns: shards.iter().map(|_| tokio::sync::Mutex::new(())).collect(),
+            members: Arc::new(Membership::new(
+                shards,
+                settings,
+                placement,
+                metrics.clone(),
+                rebalance.window,
+            )),
             max_value_bytes,
             list_timeout,
             on_down,
             flights: Flights::default(),
+            fallbacks: Fallbacks::new(rebalance.fallback_rate),
             metrics: metrics.cache.clone(),
         }
     }
 
-    /// The index of the shard that serves `key` now: its owner, or with
-    /// [`OnShardDown::Reroute`] the next live shard while the owner is down.
-    fn route(&self, key: &str) -> usize {
-        let owner = self.ring.shard_for(key);
-        if self.on_down == OnShardDown::Fail || !self.shards[owner].is_down() {
-            return owner;
-        }
-        self.ring
-            .candidates(key)
-            .find(|&i| !self.shards[i].is_down())
-            .unwrap_or(owner)
+    /// Moves the pool to `shards` while it serves (see [`Membership::update`]).
+    pub async fn update(&self, shards: &[ShardSpec]) -> Change {
+        self.members.update(shards).await
+    }
+
+    /// Follows the server lists `lists` sends (a membership source) until
+    /// it closes; servers that do not answer yet are retried every `retry`.
+    pub fn follow(
+        &self,
+        lists: tokio::sync::watch::Receiver<Vec<ShardSpec>>,
+        retry: Duration,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        pool::follow(self.members.clone(), lists, retry)
+    }
+
+    /// The shard that serves `key` now in `pool`.
+    fn shard_in(&self, pool: &Pool, key: &str) -> Result<Arc<Shard>, Error> {
+        pool.now
+            .route(key, self.on_down)
+            .map(|i| pool.now.shards[i].clone())
+            .ok_or_else(pool::no_servers)
     }
 
     /// The shard that serves `key` now.
-    pub fn shard_for(&self, key: &str) -> &Shard {
-        &self.shards[self.route(key)]
+    pub fn shard_for(&self, key: &str) -> Result<Arc<Shard>, Error> {
+        self.shard_in(&self.members.load(), key)
     }
 
-    /// Reads one key from its shard.
+    /// Reads one key from its shard (or, after a pool change, its
+    /// previous shard: [`rebalance`]).
     async fn read_one(&self, key: &Key, budget: &Arc<Reservation>) -> GetOutcome {
-        let shard = self.shard_for(key.as_str());
+        let pool = self.members.load();
+        let shard = self.shard_in(&pool, key.as_str())?;
+        let value = Self::read_from(&shard, key, budget).await?;
+        if value.is_none() && pool.previous().is_some() {
+            let found =
+                rebalance::fall_back(&pool, &shard, key, budget, &self.fallbacks, &self.metrics);
+            return Ok(found.await);
+        }
+        Ok(value)
+    }
+
+    /// Reads one key from `shard`.
+    async fn read_from(shard: &Shard, key: &Key, budget: &Arc<Reservation>) -> GetOutcome {
         let conn = shard.connection(Lane::Single).await?;
         let max_value = shard.max_reply_value();
         let budget = Some(budget.clone());
@@ -328,19 +350,26 @@ impl ShardedStore {
 
     /// Runs writes or deletes through [`Self::write_group`] per shard and
     /// chunk, or one by one on text-protocol servers.
-    async fn write_many(&self, op: WriteGroup) -> Vec<Result<bool, Error>> {
+    async fn write_many(&self, pool: &Pool, op: WriteGroup) -> Vec<Result<bool, Error>> {
         let n = op.len();
+        let Some(first) = (n > 0).then(|| pool.now.route(op.key(0).as_str(), self.on_down)) else {
+            return Vec::new();
+        };
+        if first.is_none() {
+            return vec![Err(pool::no_servers()); n];
+        }
         let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
         for i in 0..n {
+            let shard = pool.now.route(op.key(i).as_str(), self.on_down);
             groups
-                .entry(self.route(op.key(i).as_str()))
+                .entry(shard.expect("the pool has servers"))
                 .or_default()
                 .push(i);
         }
         let mut out: Vec<Option<Result<bool, Error>>> = vec![None; n];
         let mut requests = Vec::new();
         for (shard_index, indexes) in groups {
-            let shard = &self.shards[shard_index];
+            let shard = &pool.now.shards[shard_index];
             for chunk in indexes.chunks(BATCH_CHUNK) {
                 let part = op.select(chunk);
                 let chunk = chunk.to_vec();
@@ -466,15 +495,14 @@ impl ShardedStore {
     /// on a memcached too old to know it.
     async fn list_shard(
         &self,
-        index: usize,
+        shard: &Shard,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, Error> {
-        match self.dump_shard(index, DumpWalk::Hash, prefix, limit).await {
+        match self.dump_shard(shard, DumpWalk::Hash, prefix, limit).await {
             Err(Error::ShardError { message, .. }) if message.contains("rejected") => {
-                let shard = self.shards[index].addr();
-                tracing::debug!(%shard, %message, "no hash walk; using the LRU walk");
-                self.dump_shard(index, DumpWalk::Lru, prefix, limit).await
+                tracing::debug!(shard = %shard.addr(), %message, "no hash walk; using the LRU walk");
+                self.dump_shard(shard, DumpWalk::Lru, prefix, limit).await
             }
             other => other,
         }
@@ -484,12 +512,11 @@ impl ShardedStore {
     /// the shard's crawler is busy; both waits share the list patience.
     async fn dump_shard(
         &self,
-        index: usize,
+        shard: &Shard,
         walk: DumpWalk,
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<String>, Error> {
-        let shard = &self.shards[index];
         let busy = || Error::ListBusy {
             addr: shard.addr().to_owned(),
             waited: LIST_BUSY_PATIENCE,
@@ -498,8 +525,7 @@ impl ShardedStore {
         let give_up = tokio::time::Instant::now() + LIST_BUSY_PATIENCE;
         // Held across BUSY retries too: the Lists waiting here would only
         // meet the same busy crawler.
-        let Ok(_turn) = tokio::time::timeout_at(give_up, self.dump_turns[index].lock()).await
-        else {
+        let Ok(_turn) = tokio::time::timeout_at(give_up, shard.dump_turn.lock()).await else {
             return Err(busy());
         };
         while tokio::time::Instant::now() < give_up {
@@ -609,15 +635,22 @@ impl Store for ShardedStore {
 
     async fn set(&self, item: Item) -> Result<(), Error> {
         self.flights.forget(&item.key);
-        let shard = self.shard_for(item.key.as_str());
-        Self::write_one(shard, WriteGroup::one_set(item))
-            .await
-            .map(|_| ())
+        let pool = self.members.load();
+        let shard = &self.shard_in(&pool, item.key.as_str())?;
+        let key = item.key.clone();
+        Self::write_one(shard, WriteGroup::one_set(item)).await?;
+        // After the write: a fallback racing it can only `add`, which the
+        // new value wins.
+        rebalance::forget_old_copies(&pool, &[&key], &self.metrics).await;
+        Ok(())
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, Error> {
         self.flights.forget(key);
-        let shard = self.shard_for(key.as_str());
+        let pool = self.members.load();
+        let shard = &self.shard_in(&pool, key.as_str())?;
+        // Before the delete, so no fallback finds the old copy after it.
+        rebalance::forget_old_copies(&pool, &[key], &self.metrics).await;
         Self::write_one(shard, WriteGroup::one_delete(key.clone())).await
     }
 
@@ -626,6 +659,10 @@ impl Store for ShardedStore {
         keys: &[Key],
         budget: &Arc<Reservation>,
     ) -> Result<Vec<GetOutcome>, Error> {
+        let pool = self.members.load();
+        if pool.now.shards.is_empty() {
+            return Ok(vec![Err(pool::no_servers()); keys.len()]);
+        }
         // Each distinct key is read once, however often it is asked for.
         let mut slot_of: HashMap<&Key, usize> = HashMap::with_capacity(keys.len());
         let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -636,7 +673,11 @@ impl Store for ShardedStore {
                 *slot_of.entry(k).or_insert_with(|| {
                     distinct.push(k);
                     let slot = distinct.len() - 1;
-                    groups.entry(self.route(k.as_str())).or_default().push(slot);
+                    let shard = pool.now.route(k.as_str(), self.on_down);
+                    groups
+                        .entry(shard.expect("the pool has servers"))
+                        .or_default()
+                        .push(slot);
                     slot
                 })
             })
@@ -644,9 +685,15 @@ impl Store for ShardedStore {
         self.metrics
             .deduplicated_reads
             .inc_by((keys.len() - distinct.len()) as u64);
+        let mut shard_of_slot = vec![0; distinct.len()];
+        for (&shard_index, group) in &groups {
+            for &slot in group {
+                shard_of_slot[slot] = shard_index;
+            }
+        }
         let mut requests = Vec::new();
         for (shard_index, group) in groups {
-            let shard = &self.shards[shard_index];
+            let shard = &pool.now.shards[shard_index];
             for chunk in group.chunks(BATCH_CHUNK) {
                 let chunk_keys: Vec<Key> = chunk.iter().map(|&s| distinct[s].clone()).collect();
                 let chunk = chunk.to_vec();
@@ -674,6 +721,21 @@ impl Store for ShardedStore {
                 }
             }
         }
+        if pool.previous().is_some() {
+            let missed: Vec<usize> = (0..distinct.len())
+                .filter(|&slot| matches!(found[slot], Ok(None)))
+                .collect();
+            let fallbacks = missed.iter().map(|&slot| {
+                let owner = &pool.now.shards[shard_of_slot[slot]];
+                let key = distinct[slot];
+                rebalance::fall_back(&pool, owner, key, budget, &self.fallbacks, &self.metrics)
+            });
+            for (slot, value) in missed.iter().zip(join_all(fallbacks).await) {
+                if value.is_some() {
+                    found[*slot] = Ok(value);
+                }
+            }
+        }
         Ok(slots.into_iter().map(|s| found[s].clone()).collect())
     }
 
@@ -681,24 +743,37 @@ impl Store for ShardedStore {
         for item in &items {
             self.flights.forget(&item.key);
         }
-        self.write_many(WriteGroup::Set(items))
-            .await
-            .into_iter()
-            .map(|r| r.map(|_| ()))
-            .collect()
+        let pool = self.members.load();
+        let keys: Vec<Key> = match pool.previous() {
+            Some(_) => items.iter().map(|i| i.key.clone()).collect(),
+            None => Vec::new(),
+        };
+        let out = self.write_many(&pool, WriteGroup::Set(items)).await;
+        let keys: Vec<&Key> = keys.iter().collect();
+        rebalance::forget_old_copies(&pool, &keys, &self.metrics).await;
+        out.into_iter().map(|r| r.map(|_| ())).collect()
     }
 
     async fn delete_many(&self, keys: &[Key]) -> Vec<Result<bool, Error>> {
         for key in keys {
             self.flights.forget(key);
         }
-        self.write_many(WriteGroup::Delete(keys.to_vec())).await
+        let pool = self.members.load();
+        let all: Vec<&Key> = keys.iter().collect();
+        rebalance::forget_old_copies(&pool, &all, &self.metrics).await;
+        self.write_many(&pool, WriteGroup::Delete(keys.to_vec()))
+            .await
     }
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>, Error> {
-        let per_shard =
-            join_all((0..self.shards.len()).map(|index| self.list_shard(index, prefix, limit)))
-                .await;
+        let pool = self.members.load();
+        let per_shard = join_all(
+            pool.now
+                .shards
+                .iter()
+                .map(|shard| self.list_shard(shard, prefix, limit)),
+        )
+        .await;
         let mut keys = Vec::new();
         for shard_keys in per_shard {
             keys.extend(shard_keys?);
@@ -710,8 +785,10 @@ impl Store for ShardedStore {
     }
 
     async fn probe(&self) -> Reachability {
-        let results = join_all(self.shards.iter().map(|s| s.probe())).await;
-        let shards: Vec<(String, bool)> = self
+        let pool = self.members.load();
+        let results = join_all(pool.now.shards.iter().map(|s| s.probe())).await;
+        let shards: Vec<(String, bool)> = pool
+            .now
             .shards
             .iter()
             .zip(&results)
@@ -719,13 +796,16 @@ impl Store for ShardedStore {
             .collect();
         Reachability {
             up: shards.iter().filter(|(_, ok)| *ok).count(),
-            total: self.shards.len(),
+            total: pool.now.shards.len(),
             shards,
         }
     }
 
     fn max_value_len(&self, key: &Key) -> (usize, String) {
-        let shard = self.shard_for(key.as_str());
+        let Ok(shard) = self.shard_for(key.as_str()) else {
+            // No servers: the write fails with UNAVAILABLE, not on size.
+            return (self.max_value_bytes, "--max-value-bytes".to_owned());
+        };
         let shard_max = shard.max_value_len(key.len());
         if shard_max < self.max_value_bytes {
             let limit = format!(
@@ -743,10 +823,11 @@ impl Store for ShardedStore {
     }
 
     fn describe(&self) -> String {
-        let addrs: Vec<&str> = self.shards.iter().map(|s| s.addr()).collect();
+        let pool = self.members.load();
+        let addrs: Vec<&str> = pool.now.shards.iter().map(|s| s.addr()).collect();
         format!(
             "memcached pool of {} shards [{}]",
-            self.shards.len(),
+            addrs.len(),
             addrs.join(", ")
         )
     }

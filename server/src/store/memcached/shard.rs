@@ -127,6 +127,11 @@ pub struct Shard {
     down: AtomicBool,
     ejection: Mutex<Ejection>,
     metrics: ShardMetrics,
+    /// Removed from the pool: no new connections.
+    retired: AtomicBool,
+    /// Held for a key dump, so this server sends the shard at most one
+    /// dump at a time (memcached would answer the others BUSY).
+    pub(super) dump_turn: tokio::sync::Mutex<()>,
 }
 
 impl Shard {
@@ -147,6 +152,21 @@ impl Shard {
             down: AtomicBool::new(false),
             ejection: Mutex::new(Ejection::default()),
             metrics,
+            retired: AtomicBool::new(false),
+            dump_turn: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Takes the shard out of service after it left the pool: its
+    /// connections close (failing whatever is still in flight on them) and
+    /// no new ones are opened.
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+        for slot in self.single.iter().chain(&self.bulk).chain([&self.probe]) {
+            let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
+            if let SlotState::Ready(conn) = std::mem::take(&mut *st) {
+                conn.close();
+            }
         }
     }
 
@@ -246,6 +266,12 @@ impl Shard {
     /// while the shard is marked down.
     pub async fn connection(&self, lane: Lane) -> Result<Connection, Error> {
         self.admit()?;
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(Error::ShardUnavailable {
+                addr: self.addr.clone(),
+                reason: "removed from the pool".to_owned(),
+            });
+        }
         let slots = match lane {
             Lane::Single => &self.single,
             Lane::Bulk => &self.bulk,
@@ -361,6 +387,16 @@ impl Shard {
             }
         };
         let result = connect.await;
+        if self.retired.load(Ordering::Relaxed) {
+            // Retired while connecting: the connection must not outlive it.
+            if let Ok(conn) = &result {
+                conn.close();
+            }
+            return Err(Error::ShardUnavailable {
+                addr: self.addr.clone(),
+                reason: "removed from the pool".to_owned(),
+            });
+        }
         let mut st = slot.state.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(&*st, SlotState::Connecting(a, _) if *a == attempt) {
             // The first waiter back settles the attempt; a failed connect
