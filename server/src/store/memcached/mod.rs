@@ -32,7 +32,7 @@ use self::ring::{Ring, ShardSpec};
 use self::shard::{Lane, PoolSettings, Shard};
 use self::singleflight::Flights;
 use super::budget::Reservation;
-use super::{Item, Reachability, Store};
+use super::{BackendStats, Item, Reachability, ShardReport, Store};
 use crate::error::Error;
 use crate::key::Key;
 use crate::metrics::{CacheMetrics, Metrics};
@@ -59,6 +59,9 @@ type GetOutcome = Result<Option<Bytes>, Error>;
 pub struct ShardedStore {
     ring: Ring,
     shards: Vec<Arc<Shard>>,
+    /// Each shard's weight and share of the ring, by index (for Stats).
+    weights: Vec<u32>,
+    shares: Vec<f64>,
     /// One per shard: held for a key dump, so this server sends a shard at
     /// most one dump at a time (memcached would answer the others BUSY).
     dump_turns: Vec<tokio::sync::Mutex<()>>,
@@ -97,8 +100,14 @@ impl ShardedStore {
             "a sharded store needs at least one shard"
         );
         let list_timeout = settings.timeout * LIST_TIMEOUT_FACTOR;
+        let ring = Ring::new(shards);
         ShardedStore {
-            ring: Ring::new(shards),
+            shares: ring.shares(),
+            weights: shards
+                .iter()
+                .map(|s| u32::try_from(s.weight).unwrap_or(u32::MAX))
+                .collect(),
+            ring,
             shards: shards
                 .iter()
                 .map(|s| {
@@ -720,6 +729,23 @@ impl Store for ShardedStore {
             total: self.shards.len(),
             shards,
         }
+    }
+
+    async fn shard_stats(&self) -> Vec<ShardReport> {
+        let stats = join_all(self.shards.iter().map(|s| s.stats())).await;
+        self.shards
+            .iter()
+            .zip(stats)
+            .enumerate()
+            .map(|(i, (shard, stats))| ShardReport {
+                addr: shard.addr().to_owned(),
+                weight: self.weights[i],
+                ring_share: self.shares[i],
+                marked_down: shard.is_down(),
+                stats: stats.map(|s| BackendStats::from_memcached(&s)),
+                counters: shard.counters(),
+            })
+            .collect()
     }
 
     fn max_value_len(&self, key: &Key) -> (usize, String) {
