@@ -133,4 +133,11 @@ impl Cache for MapCache {
     ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
         Err(Status::unimplemented("the null server does not stream"))
     }
+
+    async fn stats(
+        &self,
+        _: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Err(Status::unimplemented("the null server keeps no stats"))
+    }
 }

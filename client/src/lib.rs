@@ -575,6 +575,18 @@ impl Client {
         self.set(key, bytes, ttl).await
     }
 
+    /// The server's statistics: its version, uptime and counters, and per
+    /// shard its address, state, ring share and the backend's own figures
+    /// (memcached's `stats`). A shard that does not answer is reported
+    /// (`up: false`, with its `error`), not an error of the call. Retried
+    /// on `UNAVAILABLE`.
+    pub async fn stats(&self) -> Result<pb::StatsResponse, Error> {
+        self.unary(true, pb::StatsRequest {}, |mut stub, req| async move {
+            stub.stats(req).await
+        })
+        .await
+    }
+
     /// The health of `service` ("" for the whole server,
     /// "memgate.v1.Cache" for the cache).
     pub async fn health(&self, service: &str) -> Result<ServingStatus, Error> {

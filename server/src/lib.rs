@@ -97,14 +97,10 @@ pub async fn run_with_metrics(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (metrics, exporter) = match metrics_listener {
-        Some(l) => {
-            let metrics = Metrics::new();
-            let exporter = tokio::spawn(metrics::serve(l, metrics.clone()));
-            (metrics, Some(exporter))
-        }
-        None => (Metrics::disabled(), None),
-    };
+    // Always recorded (Stats reads the counts too; measured: recording
+    // costs no CPU per call the bench can see), exported on request.
+    let metrics = Metrics::new();
+    let exporter = metrics_listener.map(|l| tokio::spawn(metrics::serve(l, metrics.clone())));
     // The exporter stops with the server.
     let _exporter = exporter.map(|task| task.abort_handle()).map(AbortOnDrop);
     match &config.backend {

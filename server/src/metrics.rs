@@ -4,8 +4,9 @@
 //! Every handle is registered once, up front (per method from the services'
 //! descriptors, per shard when the pool is built), so recording on the hot
 //! path is an atomic add on a handle already in hand, never a lookup by
-//! name and labels. Without `--metrics-listen` the handles are empty and
-//! recording is one branch on `None`; the bench compares the two.
+//! name and labels. memgate always records (the Stats RPC reads the same
+//! counts); `--metrics-listen` only exports them. [`Metrics::disabled`]
+//! records nothing, for tests and for measuring what recording costs.
 //!
 //! The series, by where they are recorded:
 //! - [`GrpcMetricsLayer`], around every service: `grpc_server_started_total`,
@@ -125,6 +126,11 @@ impl Gauge {
             g.set(v);
         }
     }
+
+    /// The value now (0 when metrics are off).
+    pub fn get(&self) -> i64 {
+        self.0.as_ref().map_or(0, |g| g.get())
+    }
 }
 
 /// A histogram; does nothing when metrics are off.
@@ -236,6 +242,87 @@ pub struct ShardMetrics {
     pub coalesced: Counter,
 }
 
+impl ShardMetrics {
+    /// The counts so far, for the Stats RPC.
+    pub fn read(&self) -> ShardCounts {
+        ShardCounts {
+            timeouts: self.timeouts.get(),
+            refused: self.refused.get(),
+            io_errors: self.io_errors.get(),
+            protocol_errors: self.protocol_errors.get(),
+            server_errors: self.server_errors.get(),
+            ejections: self.ejections.get(),
+            connections: self.connections.get().max(0) as u64,
+            reconnects: self.reconnects.get(),
+        }
+    }
+}
+
+/// One shard's counts read back from its series (see [`ShardMetrics`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardCounts {
+    /// Requests that timed out.
+    pub timeouts: u64,
+    /// Connects that failed.
+    pub refused: u64,
+    /// Connections lost mid-request.
+    pub io_errors: u64,
+    /// Replies that broke the protocol.
+    pub protocol_errors: u64,
+    /// SERVER_ERROR replies.
+    pub server_errors: u64,
+    /// Times the shard was marked down.
+    pub ejections: u64,
+    /// Connections open now.
+    pub connections: u64,
+    /// Connections opened to replace a lost one.
+    pub reconnects: u64,
+}
+
+/// One gRPC method's calls, read back from its series.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MethodCounts {
+    /// The full service name, e.g. `memgate.v1.Cache`.
+    pub service: String,
+    /// The method name, e.g. `Get`.
+    pub method: String,
+    /// Calls started.
+    pub started: u64,
+    /// Calls finished, per status code (codes with none are left out).
+    pub handled: Vec<(Code, u64)>,
+    /// Keys found (read methods of the Cache service only).
+    pub hits: u64,
+    /// Keys not found (read methods of the Cache service only).
+    pub misses: u64,
+}
+
+/// The server-wide counts the Stats RPC reports, read back from the
+/// series (all 0 when metrics are off).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Every method started at least once, sorted by service and method.
+    pub methods: Vec<MethodCounts>,
+    /// Keys found, over every read method.
+    pub hits: u64,
+    /// Keys not found, over every read method.
+    pub misses: u64,
+    /// Calls being handled now.
+    pub inflight_calls: u64,
+    /// Calls shed at `--max-concurrent-calls`.
+    pub shed_calls: u64,
+    /// Calls refused at `--max-inflight-bytes`.
+    pub shed_bytes_calls: u64,
+    /// Reads deduplicated.
+    pub deduplicated_reads: u64,
+    /// Keys List skipped (not UTF-8).
+    pub list_keys_skipped: u64,
+}
+
+/// The name go-grpc-prometheus gives a status code in `grpc_code`.
+pub fn code_name(code: Code) -> &'static str {
+    CODE_NAMES[(code as usize).min(CODE_NAMES.len() - 1)]
+}
+
 /// The families every handle comes from; `None` when metrics are off.
 struct Families {
     registry: Registry,
@@ -285,6 +372,9 @@ impl std::fmt::Debug for Metrics {
             .finish_non_exhaustive()
     }
 }
+
+/// The Cache service's full name, as in its request paths.
+const CACHE_SERVICE: &str = "memgate.v1.Cache";
 
 /// The descriptor sets of the services memgate serves, for method names
 /// and streaming types.
@@ -578,6 +668,57 @@ impl Metrics {
             .encode_utf8(&f.registry.gather(), &mut out)
             .expect("text encoding of valid metrics");
         out
+    }
+
+    /// The server-wide counts so far, for the Stats RPC: read from the same
+    /// handles the metrics endpoint exports, so both always agree.
+    pub fn read(&self) -> Counts {
+        let reads = [
+            ("Get", &self.cache.get),
+            ("BatchGet", &self.cache.batch_get),
+            ("BatchGetStream", &self.cache.batch_get_stream),
+        ];
+        let mut methods: Vec<MethodCounts> = self
+            .methods
+            .iter()
+            .filter_map(|(path, m)| {
+                let started = m.started.get();
+                if started == 0 {
+                    return None;
+                }
+                let (service, method) = path.trim_start_matches('/').split_once('/')?;
+                let handled = (0..CODE_NAMES.len())
+                    .filter_map(|i| {
+                        let n = m.handled[i].get().map_or(0, Counter::get);
+                        (n > 0).then(|| (Code::from_i32(i as i32), n))
+                    })
+                    .collect();
+                let hit_miss = reads
+                    .iter()
+                    .find(|(name, _)| service == CACHE_SERVICE && *name == method)
+                    .map(|(_, hm)| (hm.hits.get(), hm.misses.get()));
+                let (hits, misses) = hit_miss.unwrap_or_default();
+                Some(MethodCounts {
+                    service: service.to_owned(),
+                    method: method.to_owned(),
+                    started,
+                    handled,
+                    hits,
+                    misses,
+                })
+            })
+            .collect();
+        methods.sort_by(|a, b| (&a.service, &a.method).cmp(&(&b.service, &b.method)));
+        Counts {
+            methods,
+            hits: reads.iter().map(|(_, hm)| hm.hits.get()).sum(),
+            misses: reads.iter().map(|(_, hm)| hm.misses.get()).sum(),
+            inflight_calls: self.inflight_calls.get().max(0) as u64,
+            shed_calls: self.shed_calls.get(),
+            shed_bytes_calls: self.cache.shed_bytes.get(),
+            deduplicated_reads: self.cache.deduplicated_reads.get(),
+            list_keys_skipped: self.cache.list_keys_skipped.get(),
+        }
     }
 
     fn method(&self, path: &str) -> Option<Arc<MethodMetrics>> {
@@ -1045,6 +1186,62 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn read_gives_back_what_was_recorded() {
+        let m = Metrics::new();
+        let get = m.method("/memgate.v1.Cache/Get").unwrap();
+        get.started.inc_by(3);
+        get.handled(Code::Ok).inc_by(2);
+        get.handled(Code::Unavailable).inc();
+        m.method("/grpc.health.v1.Health/Check")
+            .unwrap()
+            .started
+            .inc();
+        m.cache.get.record(true);
+        m.cache.get.record(false);
+        m.cache.batch_get.hits.inc_by(5);
+        m.shed_calls.inc();
+        m.cache.shed_bytes.inc_by(2);
+        m.cache.deduplicated_reads.inc_by(4);
+        m.inflight_calls.inc();
+        let c = m.read();
+        assert_eq!(
+            c.methods,
+            vec![
+                MethodCounts {
+                    service: "grpc.health.v1.Health".into(),
+                    method: "Check".into(),
+                    started: 1,
+                    ..MethodCounts::default()
+                },
+                MethodCounts {
+                    service: "memgate.v1.Cache".into(),
+                    method: "Get".into(),
+                    started: 3,
+                    handled: vec![(Code::Ok, 2), (Code::Unavailable, 1)],
+                    hits: 1,
+                    misses: 1,
+                },
+            ],
+            "methods never started are left out"
+        );
+        assert_eq!((c.hits, c.misses), (6, 1));
+        assert_eq!((c.shed_calls, c.shed_bytes_calls), (1, 2));
+        assert_eq!((c.deduplicated_reads, c.inflight_calls), (4, 1));
+
+        let shard = m.shard("10.0.0.1:11211");
+        shard.timeouts.inc();
+        shard.ejections.inc();
+        shard.connections.set(2);
+        let counts = shard.read();
+        assert_eq!(
+            (counts.timeouts, counts.ejections, counts.connections),
+            (1, 1, 2)
+        );
+
+        assert_eq!(Metrics::disabled().read(), Counts::default());
     }
 
     #[test]

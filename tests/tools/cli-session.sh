@@ -54,6 +54,23 @@ ok "delete exits 0 when the key existed, 1 when not"
 [ "$("$cli" health)" = SERVING ] && [ "$("$cli" health --service memgate.v1.Cache)" = SERVING ] || fail health
 ok "health of both services"
 
+out=$("$cli" stats) || fail "stats exited $? with every shard up: $out"
+IFS=, read -ra shards <<<"${MEMGATE_MEMCACHED:?run me inside scripts/with-stack.sh}"
+grep -q "^SHARD  *UP  *SHARE  *ITEMS  *BYTES / LIMIT  *EVICTIONS  *HIT RATIO  *VERSION  *UPTIME$" <<<"$out" ||
+  fail "stats: no shard table header: $out"
+for addr in "${shards[@]}"; do
+  grep -Eq "^$addr +up +[0-9.]+% +[0-9]+ +[0-9.]+ [KMG]?i?B / 64.0 MiB" <<<"$out" || fail "stats: no row for $addr: $out"
+done
+grep -q "^memgate [0-9]" <<<"$out" || fail "stats: no memgate line: $out"
+"$cli" --json stats | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+assert len(s["shards"]) == int(sys.argv[1]), s
+assert all(sh["up"] and sh["backend"]["version"] for sh in s["shards"]), s
+assert abs(sum(sh["ring_share"] for sh in s["shards"]) - 1) < 1e-9, s
+' "${#shards[@]}" || fail "stats --json"
+ok "stats prints a row per shard (up, share, items, bytes/limit) and --json"
+
 set +e; err=$("$cli" set "bad key" v 2>&1); code=$?; set -e
 [ "$code" -eq 2 ] && grep -q "InvalidArgument\|invalid argument\|Client specified an invalid argument" <<<"$err" || fail "bad key: exit $code: $err"
 grep -q "spaces" <<<"$err" || fail "bad key message: $err"

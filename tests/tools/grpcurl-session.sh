@@ -16,10 +16,10 @@ done
 ok "grpcurl list shows the cache, health and reflection services"
 
 desc=$(grpcurl -plaintext "$t" describe memgate.v1.Cache)
-for rpc in Get Set Delete List BatchGet BatchSet BatchDelete BatchGetStream BatchSetStream BatchDeleteStream; do
+for rpc in Get Set Delete List BatchGet BatchSet BatchDelete BatchGetStream BatchSetStream BatchDeleteStream Stats; do
   grep -q "rpc $rpc (" <<<"$desc" || fail "describe lacks rpc $rpc"
 done
-ok "grpcurl describe memgate.v1.Cache shows all ten RPCs"
+ok "grpcurl describe memgate.v1.Cache shows all eleven RPCs"
 
 key="readme-$$-$RANDOM"
 out=$(grpcurl -plaintext -d "{\"key\": \"$key\", \"value\": \"aGVsbG8gd29ybGQ=\", \"ttl_seconds\": 300}" "$t" memgate.v1.Cache/Set)
@@ -31,6 +31,17 @@ ok "grpcurl Set then Get round-trips a base64 value"
 out=$(grpcurl -plaintext -d "{\"prefix\": \"$key\"}" "$t" memgate.v1.Cache/List)
 grep -q "\"$key\"" <<<"$out" || fail "List answered $out"
 ok "grpcurl List finds the key by prefix"
+
+out=$(grpcurl -plaintext "$t" memgate.v1.Cache/Stats)
+: "${MEMGATE_MEMCACHED:?run me inside scripts/with-stack.sh}"
+IFS=, read -ra shards <<<"$MEMGATE_MEMCACHED"
+for addr in "${shards[@]}"; do
+  grep -q "\"address\": \"$addr\"" <<<"$out" || fail "Stats lacks shard $addr: $out"
+done
+[ "$(grep -c '"up": true' <<<"$out")" -eq "${#shards[@]}" ] || fail "Stats: not every shard up: $out"
+grep -q '"currItems": "[1-9]' <<<"$out" || fail "Stats: no shard holds the key just set: $out"
+grep -q '"version": "[0-9]' <<<"$out" || fail "Stats: no version: $out"
+ok "grpcurl Stats through reflection names every shard, up, with memcached's figures"
 
 set +e
 out=$(grpcurl -plaintext -d '{"key": "bad key"}' "$t" memgate.v1.Cache/Get 2>&1); code=$?

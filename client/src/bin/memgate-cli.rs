@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use clap::{Parser, Subcommand};
+use memgate_client::v1 as pb;
 use memgate_client::{Client, Error, Item, Lookup, ServingStatus};
 use serde_json::{Value, json};
 
@@ -85,6 +86,11 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Print the server's statistics: memgate's version, uptime and
+    /// counters, and a table of shards (address, up, ring share, items,
+    /// bytes/limit, evictions, hit ratio, version, uptime); exit 1 if any
+    /// shard is down.
+    Stats,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -235,7 +241,246 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             Ok(exit(status == ServingStatus::Serving))
         }
+        Command::Stats => {
+            let stats = client.stats().await?;
+            if json {
+                print_json(&stats_json(&stats));
+            } else {
+                print!("{}", stats_table(&stats));
+            }
+            Ok(exit(stats.shards.iter().all(|s| s.up)))
+        }
     }
+}
+
+/// The Stats reply as an operator reads it: one line about memgate, the
+/// shards, memgate's own per-shard counters, then its call counters.
+fn stats_table(s: &pb::StatsResponse) -> String {
+    let mut out = String::new();
+    let c = s.counters.clone().unwrap_or_default();
+    out += &format!(
+        "memgate {}, up {}, {}\n\n",
+        s.version,
+        duration(s.uptime_seconds),
+        s.store
+    );
+    let mut shards = vec![row([
+        "SHARD",
+        "UP",
+        "SHARE",
+        "ITEMS",
+        "BYTES / LIMIT",
+        "EVICTIONS",
+        "HIT RATIO",
+        "VERSION",
+        "UPTIME",
+    ])];
+    let mut shard_counters = vec![row([
+        "SHARD",
+        "CONNS",
+        "TIMEOUTS",
+        "REFUSED",
+        "IO",
+        "PROTOCOL",
+        "SERVER_ERROR",
+        "EJECTIONS",
+        "RECONNECTS",
+    ])];
+    let mut errors = Vec::new();
+    for shard in &s.shards {
+        let up = if shard.up { "up" } else { "DOWN" };
+        let share = format!("{:.1}%", shard.ring_share * 100.0);
+        match &shard.backend {
+            Some(b) => shards.push(vec![
+                shard.address.clone(),
+                up.into(),
+                share,
+                b.curr_items.to_string(),
+                format!("{} / {}", bytes(b.bytes), bytes(b.limit_maxbytes)),
+                b.evictions.to_string(),
+                ratio(b.get_hits, b.get_misses),
+                b.version.clone(),
+                duration(b.uptime_seconds),
+            ]),
+            None => {
+                let mut r = vec![shard.address.clone(), up.into(), share];
+                r.extend(std::iter::repeat_n("-".to_owned(), 6));
+                shards.push(r);
+            }
+        }
+        if !shard.error.is_empty() {
+            errors.push(format!("{}: {}", shard.address, shard.error));
+        }
+        let k = shard.counters.unwrap_or_default();
+        shard_counters.push(vec![
+            shard.address.clone(),
+            k.connections.to_string(),
+            k.timeouts.to_string(),
+            k.refused.to_string(),
+            k.io_errors.to_string(),
+            k.protocol_errors.to_string(),
+            k.server_errors.to_string(),
+            k.ejections.to_string(),
+            k.reconnects.to_string(),
+        ]);
+    }
+    out += &table(&shards);
+    for e in errors {
+        out += &format!("  {e}\n");
+    }
+    out += "\nmemgate's shard counters\n";
+    out += &table(&shard_counters);
+    out += &format!(
+        "\nkeys read: {} hits, {} misses (hit ratio {}); in flight: {} calls, {}; shed: {} calls at --max-concurrent-calls, {} at --max-inflight-bytes; deduplicated reads {}; List keys skipped {}\n\n",
+        c.hits,
+        c.misses,
+        ratio(c.hits, c.misses),
+        c.inflight_calls,
+        bytes(c.inflight_bytes),
+        c.shed_calls,
+        c.shed_bytes_calls,
+        c.deduplicated_reads,
+        c.list_keys_skipped,
+    );
+    let mut methods = vec![row(["METHOD", "STARTED", "HANDLED", "HITS", "MISSES"])];
+    for m in &c.methods {
+        let handled: Vec<String> = m
+            .handled
+            .iter()
+            .map(|h| format!("{} {}", h.name, h.count))
+            .collect();
+        methods.push(vec![
+            format!("{}/{}", m.service, m.method),
+            m.started.to_string(),
+            handled.join(", "),
+            m.hits.to_string(),
+            m.misses.to_string(),
+        ]);
+    }
+    out += &table(&methods);
+    out
+}
+
+fn row<const N: usize>(cells: [&str; N]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+/// Left-aligned columns, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| c.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c:<w$}"))
+            .collect();
+        out += line.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+/// `1.5 MiB`, `64.0 MiB`, `312 B`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `42s`, `5m03s`, `2h05m`, `3d04h`.
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match () {
+        _ if d > 0 => format!("{d}d{h:02}h"),
+        _ if h > 0 => format!("{h}h{m:02}m"),
+        _ if m > 0 => format!("{m}m{s:02}s"),
+        _ => format!("{s}s"),
+    }
+}
+
+/// Hits over reads, or `-` before any read.
+fn ratio(hits: u64, misses: u64) -> String {
+    match hits + misses {
+        0 => "-".to_owned(),
+        reads => format!("{:.1}%", hits as f64 * 100.0 / reads as f64),
+    }
+}
+
+fn stats_json(s: &pb::StatsResponse) -> Value {
+    let c = s.counters.clone().unwrap_or_default();
+    let methods: Vec<Value> = c
+        .methods
+        .iter()
+        .map(|m| {
+            let handled: serde_json::Map<String, Value> = m
+                .handled
+                .iter()
+                .map(|h| (h.name.clone(), json!(h.count)))
+                .collect();
+            json!({
+                "service": m.service, "method": m.method, "started": m.started,
+                "handled": handled, "hits": m.hits, "misses": m.misses,
+            })
+        })
+        .collect();
+    let shards: Vec<Value> = s
+        .shards
+        .iter()
+        .map(|sh| {
+            let backend = sh.backend.as_ref().map(|b| {
+                json!({
+                    "curr_items": b.curr_items, "bytes": b.bytes,
+                    "limit_maxbytes": b.limit_maxbytes, "evictions": b.evictions,
+                    "get_hits": b.get_hits, "get_misses": b.get_misses,
+                    "uptime_seconds": b.uptime_seconds, "version": b.version,
+                    "curr_connections": b.curr_connections,
+                })
+            });
+            let k = sh.counters.unwrap_or_default();
+            json!({
+                "address": sh.address, "up": sh.up, "error": sh.error,
+                "weight": sh.weight, "ring_share": sh.ring_share,
+                "marked_down": sh.marked_down, "backend": backend,
+                "counters": {
+                    "timeouts": k.timeouts, "refused": k.refused, "io_errors": k.io_errors,
+                    "protocol_errors": k.protocol_errors, "server_errors": k.server_errors,
+                    "ejections": k.ejections, "connections": k.connections,
+                    "reconnects": k.reconnects,
+                },
+            })
+        })
+        .collect();
+    json!({
+        "version": s.version,
+        "uptime_seconds": s.uptime_seconds,
+        "store": s.store,
+        "counters": {
+            "methods": methods, "hits": c.hits, "misses": c.misses,
+            "inflight_calls": c.inflight_calls, "inflight_bytes": c.inflight_bytes,
+            "shed_calls": c.shed_calls, "shed_bytes_calls": c.shed_bytes_calls,
+            "deduplicated_reads": c.deduplicated_reads,
+            "list_keys_skipped": c.list_keys_skipped,
+        },
+        "shards": shards,
+    })
 }
 
 fn report_outcome(

@@ -1,7 +1,7 @@
 //! The `memgate.v1.Cache` gRPC service.
 //!
 //! The trait impl only delegates: single-key RPCs live in [`single`], unary
-//! batches in [`batch`], streams in [`stream`]. Requests are parsed into
+//! batches in [`batch`], streams in [`stream`], the Stats RPC in [`stats`]. Requests are parsed into
 //! validated types here at the edge, so nothing is written before every rule
 //! has passed; errors become statuses in one place (`crate::error`).
 //!
@@ -10,10 +10,12 @@
 
 mod batch;
 mod single;
+mod stats;
 mod stream;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures::Stream;
 use memgate_api::v1 as pb;
@@ -37,6 +39,8 @@ pub struct CacheService<S> {
     /// Cancelled when shutdown begins: open streams end.
     draining: CancellationToken,
     metrics: Arc<Metrics>,
+    /// When the service was created: Stats reports the uptime from here.
+    started: Instant,
 }
 
 impl<S: Store> CacheService<S> {
@@ -58,6 +62,7 @@ impl<S: Store> CacheService<S> {
             budget,
             draining,
             metrics,
+            started: Instant::now(),
         }
     }
 
@@ -176,5 +181,12 @@ impl<S: Store> pb::cache_server::Cache for CacheService<S> {
         req: Request<Streaming<pb::DeleteRequest>>,
     ) -> Result<Response<pb::BatchDeleteResponse>, Status> {
         Ok(Response::new(self.delete_stream(req.into_inner()).await?))
+    }
+
+    async fn stats(
+        &self,
+        req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        Ok(Response::new(self.report(req.into_inner()).await))
     }
 }

@@ -89,6 +89,7 @@ impl<S: Store> CacheService<S> {
             budget: self.budget.clone(),
             draining: self.draining.clone(),
             metrics: self.metrics.clone(),
+            started: self.started,
         };
         // Items are bounded by the pieces in flight, not by this channel.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(

@@ -7,16 +7,19 @@
 //! memcached it lists keys exactly.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moka::Expiry;
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
 use super::budget::Reservation;
-use super::{Item, Reachability, Store};
+use super::{BackendStats, Item, Reachability, ShardReport, Store};
 use crate::error::Error;
 use crate::key::{Key, Ttl};
+use crate::metrics::ShardCounts;
 
 /// A stored value and when it stops being visible.
 #[derive(Clone, Debug)]
@@ -50,12 +53,23 @@ impl Expiry<Key, Entry> for PerItemTtl {
     }
 }
 
+/// What the embedded store counts for Stats, as memcached does.
+#[derive(Debug, Default)]
+struct Counts {
+    get_hits: AtomicU64,
+    get_misses: AtomicU64,
+    /// Live entries removed to make room.
+    evictions: AtomicU64,
+}
+
 /// An in-process cache bounded in bytes.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     cache: Cache<Key, Entry>,
     max_value_len: usize,
     max_bytes: u64,
+    counts: Arc<Counts>,
+    started: Instant,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -71,23 +85,41 @@ impl EmbeddedStore {
     /// A store holding at most `max_bytes` of keys and values, with values
     /// of at most `max_value_len` bytes.
     pub fn new(max_bytes: u64, max_value_len: usize) -> EmbeddedStore {
+        let counts = Arc::new(Counts::default());
+        let evicted = counts.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &Key, e: &Entry| {
                 u32::try_from(k.len() + e.value.len() + 48).unwrap_or(u32::MAX)
             })
             .expire_after(PerItemTtl)
+            .eviction_listener(move |_, _, cause| {
+                if cause == RemovalCause::Size {
+                    evicted.evictions.fetch_add(1, Ordering::Relaxed);
+                }
+            })
             .build();
         EmbeddedStore {
             cache,
             max_value_len,
             max_bytes,
+            counts,
+            started: Instant::now(),
         }
     }
 
     fn read(&self, key: &Key) -> Option<Bytes> {
-        let entry = self.cache.get(key)?;
-        entry.live(Instant::now()).then_some(entry.value)
+        let value = self
+            .cache
+            .get(key)
+            .filter(|e| e.live(Instant::now()))
+            .map(|e| e.value);
+        let count = match value {
+            Some(_) => &self.counts.get_hits,
+            None => &self.counts.get_misses,
+        };
+        count.fetch_add(1, Ordering::Relaxed);
+        value
     }
 
     fn write(&self, item: Item) {
@@ -180,11 +212,91 @@ impl Store for EmbeddedStore {
         }
     }
 
+    async fn shard_stats(&self) -> Vec<ShardReport> {
+        // Counts settle once moka's pending maintenance has run.
+        self.cache.run_pending_tasks();
+        let stats = BackendStats {
+            curr_items: self.cache.entry_count(),
+            bytes: self.cache.weighted_size(),
+            limit_maxbytes: self.max_bytes,
+            evictions: self.counts.evictions.load(Ordering::Relaxed),
+            get_hits: self.counts.get_hits.load(Ordering::Relaxed),
+            get_misses: self.counts.get_misses.load(Ordering::Relaxed),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            curr_connections: 0,
+        };
+        vec![ShardReport {
+            addr: "embedded".to_owned(),
+            weight: 1,
+            ring_share: 1.0,
+            marked_down: false,
+            stats: Ok(stats),
+            counters: ShardCounts::default(),
+        }]
+    }
+
     fn max_value_len(&self, _key: &Key) -> (usize, String) {
         (self.max_value_len, "--max-value-bytes".to_owned())
     }
 
     fn describe(&self) -> String {
         format!("embedded store ({} bytes)", self.max_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str, len: usize) -> Item {
+        Item {
+            key: Key::parse(key).unwrap(),
+            value: Bytes::from(vec![b'x'; len]),
+            ttl: Ttl::Forever,
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_items_bytes_hits_and_evictions() {
+        let store = EmbeddedStore::new(64 * 1024, 1 << 20);
+        let budget = Arc::new(
+            crate::store::budget::ByteBudget::new(1 << 20, Default::default()).reserve(1 << 20),
+        );
+        store.set(item("a", 100)).await.unwrap();
+        store.set(item("b", 100)).await.unwrap();
+        assert!(
+            store
+                .get(&Key::parse("a").unwrap(), &budget)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            store
+                .get(&Key::parse("zz").unwrap(), &budget)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let [shard] = &store.shard_stats().await[..] else {
+            panic!("one pseudo-shard")
+        };
+        assert_eq!(shard.addr, "embedded");
+        assert_eq!(shard.ring_share, 1.0);
+        let stats = shard.stats.as_ref().unwrap();
+        assert_eq!(stats.curr_items, 2);
+        assert_eq!(stats.bytes, 2 * (1 + 100 + 48));
+        assert_eq!(stats.limit_maxbytes, 64 * 1024);
+        assert_eq!((stats.get_hits, stats.get_misses), (1, 1));
+        assert_eq!(stats.evictions, 0);
+
+        // Past the bound, entries are evicted to make room, and counted.
+        for i in 0..100 {
+            store.set(item(&format!("k{i}"), 4096)).await.unwrap();
+        }
+        let stats = store.shard_stats().await.remove(0).stats.unwrap();
+        assert!(stats.bytes <= 64 * 1024, "{stats:?}");
+        assert!(stats.evictions > 0, "{stats:?}");
     }
 }

@@ -37,7 +37,7 @@ use self::ring::{Placement, ShardSpec};
 use self::shard::{Lane, PoolSettings, Shard};
 use self::singleflight::Flights;
 use super::budget::Reservation;
-use super::{Item, Reachability, Store};
+use super::{BackendStats, Item, Reachability, ShardReport, Store};
 use crate::config::Rebalance;
 use crate::error::Error;
 use crate::key::Key;
@@ -799,6 +799,25 @@ impl Store for ShardedStore {
             total: pool.now.shards.len(),
             shards,
         }
+    }
+
+    async fn shard_stats(&self) -> Vec<ShardReport> {
+        let pool = self.members.load();
+        let view = &pool.now;
+        let stats = join_all(view.shards.iter().map(|s| s.stats())).await;
+        view.shards
+            .iter()
+            .zip(stats)
+            .enumerate()
+            .map(|(i, (shard, stats))| ShardReport {
+                addr: shard.addr().to_owned(),
+                weight: view.weights[i],
+                ring_share: view.shares[i],
+                marked_down: shard.is_down(),
+                stats: stats.map(|s| BackendStats::from_memcached(&s)),
+                counters: shard.counters(),
+            })
+            .collect()
     }
 
     fn max_value_len(&self, key: &Key) -> (usize, String) {

@@ -33,6 +33,10 @@ pub struct View {
     ring: Option<Ring>,
     /// The servers and weights it was built from, sorted.
     specs: Vec<(String, usize)>,
+    /// Each shard's weight, by index (for Stats).
+    pub weights: Vec<u32>,
+    /// Each shard's share of the keys, by index (for Stats).
+    pub shares: Vec<f64>,
     /// Index `i` of the ring is `shards[i]`.
     pub shards: Vec<Arc<Shard>>,
 }
@@ -41,6 +45,11 @@ impl View {
     fn new(specs: &[ShardSpec], shards: Vec<Arc<Shard>>, placement: Placement) -> View {
         let ring = (!specs.is_empty()).then(|| Ring::with_placement(specs, placement));
         View {
+            shares: ring.as_ref().map(Ring::shares).unwrap_or_default(),
+            weights: specs
+                .iter()
+                .map(|s| u32::try_from(s.weight).unwrap_or(u32::MAX))
+                .collect(),
             ring,
             specs: sorted(specs),
             shards,

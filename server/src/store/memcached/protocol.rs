@@ -124,6 +124,12 @@ pub fn encode_version(buf: &mut BytesMut) {
     buf.put_slice(b"version\r\n");
 }
 
+/// Appends `stats\r\n`: the server's general statistics (items, memory,
+/// hits, uptime, version), for the Stats RPC.
+pub fn encode_stats(buf: &mut BytesMut) {
+    buf.put_slice(b"stats\r\n");
+}
+
 /// Appends `stats settings\r\n` (to learn `item_size_max`).
 pub fn encode_stats_settings(buf: &mut BytesMut) {
     buf.put_slice(b"stats settings\r\n");

@@ -111,6 +111,8 @@ pub struct Placement {
 /// Maps keys to shard indexes.
 pub struct Ring {
     placement: Placer,
+    /// How many shards it places keys on.
+    servers: usize,
 }
 
 enum Placer {
@@ -157,7 +159,10 @@ impl Ring {
                 Placer::Ketama(Continuum::new(&servers, placement.hash))
             }
         };
-        Ring { placement }
+        Ring {
+            placement,
+            servers: shards.len(),
+        }
     }
 
     /// The index of the shard that owns `key`.
@@ -174,6 +179,23 @@ impl Ring {
         match &self.placement {
             Placer::Ring(r) => Box::new(r.replicas(key).map(|n| n.index)),
             Placer::Ketama(c) => Box::new(c.candidates(key)),
+        }
+    }
+
+    /// The fraction of the hash space each shard owns, by index: the share
+    /// of keys it gets. Exact, from the ring's own ranges; sums to 1.
+    pub fn shares(&self) -> Vec<f64> {
+        match &self.placement {
+            Placer::Ring(ring) => {
+                let mut owned = vec![0u128; self.servers];
+                for range in ring.resident_ranges() {
+                    let (start, end) = (*range.keys().start(), *range.keys().end());
+                    owned[range.node().index] += u128::from(end - start) + 1;
+                }
+                let total = owned.iter().sum::<u128>() as f64;
+                owned.iter().map(|&n| n as f64 / total).collect()
+            }
+            Placer::Ketama(c) => c.shares(self.servers),
         }
     }
 }
@@ -323,6 +345,51 @@ mod tests {
             (0.15..0.25).contains(&share),
             "moved {share:.3} of keys, expected ~0.2"
         );
+    }
+
+    #[test]
+    fn shares_sum_to_one_and_match_placement() {
+        for addrs in [
+            vec!["127.0.0.1:11211"],
+            vec!["127.0.0.1:11211", "127.0.0.1:11212", "127.0.0.1:11213"],
+            vec!["a:1:1", "b:1:3"],
+            vec!["cache-0:11211:2", "cache-1:11211", "cache-2:11211:5"],
+        ] {
+            let ring = Ring::new(&specs(&addrs));
+            let shares = ring.shares();
+            assert_eq!(shares.len(), addrs.len());
+            let sum: f64 = shares.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-9, "{addrs:?}: shares sum to {sum}");
+            // The shares are where keys actually go.
+            let n = 100_000;
+            let mut counts = vec![0usize; addrs.len()];
+            for k in keys(n) {
+                counts[ring.shard_for(&k)] += 1;
+            }
+            for (i, share) in shares.iter().enumerate() {
+                let sampled = counts[i] as f64 / n as f64;
+                assert!(
+                    (share - sampled).abs() < 0.02,
+                    "{addrs:?}: shard {i} owns {share:.4} of the ring but got {sampled:.4} of the keys"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn shares_follow_weights() {
+        let specs = specs(&["a:1:1", "b:1:3", "c:1:1", "d:1:5"]);
+        let shares = Ring::new(&specs).shares();
+        let total: usize = specs.iter().map(|s| s.weight).sum();
+        for (spec, share) in specs.iter().zip(&shares) {
+            let fair = spec.weight as f64 / total as f64;
+            assert!(
+                (share / fair - 1.0).abs() < 0.15,
+                "{} (weight {}) owns {share:.3}, fair share {fair:.3}",
+                spec.addr,
+                spec.weight
+            );
+        }
     }
 
     #[test]

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use super::connection::{ConnError, Connection, Expect, Mode, Reply, Request};
 use super::protocol::{self, Decoder};
 use crate::error::Error;
-use crate::metrics::ShardMetrics;
+use crate::metrics::{ShardCounts, ShardMetrics};
 
 /// memcached's default `-I` (item_size_max), assumed until a shard tells us.
 pub const DEFAULT_ITEM_SIZE_MAX: usize = 1024 * 1024;
@@ -514,6 +514,39 @@ impl Shard {
             self.item_size_max.store(n, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// memcached's `stats` (`STAT <name> <value>` pairs), asked on the
+    /// probe's connection (so it never queues behind data traffic) within
+    /// the shard's timeout. Works while the shard is down. The outcome does
+    /// not count toward marking the shard down: an operator's question must
+    /// not change where keys go (and a proxy that hangs up on `stats`, as
+    /// twemproxy does, is not a failing shard). A failed connect counts, as
+    /// for any connect.
+    pub async fn stats(&self) -> Result<Vec<(String, String)>, Error> {
+        let conn = self.slot_connection(&self.probe).await?;
+        let req = Request {
+            encode: |buf: &mut BytesMut, _| protocol::encode_stats(buf),
+            tokens: 1,
+            expect: Expect::Text(Decoder::stats()),
+            max_value: 0,
+            budget: None,
+        };
+        let start = self.metrics.latency.start();
+        let reply = conn.request(req, self.settings.timeout).await;
+        self.metrics.latency.observe_since(start);
+        match reply.map_err(|e| self.conn_error(e))? {
+            Reply::Text(protocol::Reply::Stats(stats)) => Ok(stats),
+            other => Err(Error::ShardError {
+                addr: self.addr.clone(),
+                message: format!("unexpected reply to `stats`: {other:?}"),
+            }),
+        }
+    }
+
+    /// memgate's counters for this shard.
+    pub fn counters(&self) -> ShardCounts {
+        self.metrics.read()
     }
 
     /// Sends one text command on a connection of its own, closed

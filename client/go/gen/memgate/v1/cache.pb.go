@@ -869,6 +869,760 @@ func (x *BatchDeleteResponse) GetErrors() []*KeyError {
 	return nil
 }
 
+// StatsRequest asks for the statistics of the server and its shards. It has
+// no fields yet.
+type StatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsRequest) Reset() {
+	*x = StatsRequest{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsRequest) ProtoMessage() {}
+
+func (x *StatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
+func (*StatsRequest) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{16}
+}
+
+// StatsResponse describes the server and each of its shards at the time of
+// the call.
+type StatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// memgate's version, e.g. "0.1.0".
+	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// Seconds since this server started serving.
+	UptimeSeconds uint64 `protobuf:"varint,2,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
+	// The store behind the server, as its startup log names it, e.g.
+	// "memcached pool of 3 shards [...]" or "embedded store (268435456 bytes)".
+	Store string `protobuf:"bytes,3,opt,name=store,proto3" json:"store,omitempty"`
+	// This server's own counters since it started (the figures its Prometheus
+	// metrics export; every replica counts its own calls).
+	Counters *ServerCounters `protobuf:"bytes,4,opt,name=counters,proto3" json:"counters,omitempty"`
+	// One entry per shard, in the order of the server's --memcached list; the
+	// embedded store is one shard with address "embedded".
+	Shards        []*ShardStats `protobuf:"bytes,5,rep,name=shards,proto3" json:"shards,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StatsResponse) Reset() {
+	*x = StatsResponse{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StatsResponse) ProtoMessage() {}
+
+func (x *StatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
+func (*StatsResponse) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *StatsResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *StatsResponse) GetUptimeSeconds() uint64 {
+	if x != nil {
+		return x.UptimeSeconds
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *StatsResponse) GetCounters() *ServerCounters {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+func (x *StatsResponse) GetShards() []*ShardStats {
+	if x != nil {
+		return x.Shards
+	}
+	return nil
+}
+
+// ServerCounters are one memgate process's counters since it started.
+type ServerCounters struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One entry per gRPC method called at least once (this Stats call
+	// included), sorted by service and method. Methods never called are
+	// absent.
+	Methods []*MethodCounters `protobuf:"bytes,1,rep,name=methods,proto3" json:"methods,omitempty"`
+	// Keys found by Get, BatchGet and BatchGetStream (batches count each key).
+	Hits uint64 `protobuf:"varint,2,opt,name=hits,proto3" json:"hits,omitempty"`
+	// Keys not found by Get, BatchGet and BatchGetStream.
+	Misses uint64 `protobuf:"varint,3,opt,name=misses,proto3" json:"misses,omitempty"`
+	// Calls being handled now, this one, health probes and open streams
+	// included.
+	InflightCalls uint64 `protobuf:"varint,4,opt,name=inflight_calls,json=inflightCalls,proto3" json:"inflight_calls,omitempty"`
+	// Bytes of values held for calls in flight (bounded by
+	// --max-inflight-bytes).
+	InflightBytes uint64 `protobuf:"varint,5,opt,name=inflight_bytes,json=inflightBytes,proto3" json:"inflight_bytes,omitempty"`
+	// Calls refused with RESOURCE_EXHAUSTED because --max-concurrent-calls
+	// calls were in flight.
+	ShedCalls uint64 `protobuf:"varint,6,opt,name=shed_calls,json=shedCalls,proto3" json:"shed_calls,omitempty"`
+	// Calls refused with RESOURCE_EXHAUSTED because the values held for calls
+	// would have gone past --max-inflight-bytes.
+	ShedBytesCalls uint64 `protobuf:"varint,7,opt,name=shed_bytes_calls,json=shedBytesCalls,proto3" json:"shed_bytes_calls,omitempty"`
+	// Reads answered by a read of the same key already in flight, and
+	// duplicate keys within a batch (read once).
+	DeduplicatedReads uint64 `protobuf:"varint,8,opt,name=deduplicated_reads,json=deduplicatedReads,proto3" json:"deduplicated_reads,omitempty"`
+	// Keys List skipped because they are not UTF-8 (written by another
+	// memcached client).
+	ListKeysSkipped uint64 `protobuf:"varint,9,opt,name=list_keys_skipped,json=listKeysSkipped,proto3" json:"list_keys_skipped,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ServerCounters) Reset() {
+	*x = ServerCounters{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ServerCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ServerCounters) ProtoMessage() {}
+
+func (x *ServerCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ServerCounters.ProtoReflect.Descriptor instead.
+func (*ServerCounters) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ServerCounters) GetMethods() []*MethodCounters {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *ServerCounters) GetHits() uint64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
+func (x *ServerCounters) GetMisses() uint64 {
+	if x != nil {
+		return x.Misses
+	}
+	return 0
+}
+
+func (x *ServerCounters) GetInflightCalls() uint64 {
+	if x != nil {
+		return x.InflightCalls
+	}
+	return 0
+}
+
+func (x *ServerCounters) GetInflightBytes() uint64 {
+	if x != nil {
+		return x.InflightBytes
+	}
+	return 0
+}
+
+func (x *ServerCounters) GetShedCalls() uint64 {
+	if x != nil {
+		return x.ShedCalls
+	}
+	return 0
+}
+
+func (x *ServerCounters) GetShedBytesCalls() uint64 {
+	if x != nil {
+		return x.ShedBytesCalls
+	}
+	return 0
+}
+
+func (x *ServerCounters) GetDeduplicatedReads() uint64 {
+	if x != nil {
+		return x.DeduplicatedReads
+	}
+	return 0
+}
+
+func (x *ServerCounters) GetListKeysSkipped() uint64 {
+	if x != nil {
+		return x.ListKeysSkipped
+	}
+	return 0
+}
+
+// MethodCounters counts the calls of one gRPC method.
+type MethodCounters struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The full service name, e.g. "memgate.v1.Cache".
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	// The method name, e.g. "Get".
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// Calls started (grpc_server_started_total).
+	Started uint64 `protobuf:"varint,3,opt,name=started,proto3" json:"started,omitempty"`
+	// Calls finished, per status code (grpc_server_handled_total), by code;
+	// codes never returned are absent. started minus their sum is the calls
+	// still in flight.
+	Handled []*CodeCount `protobuf:"bytes,4,rep,name=handled,proto3" json:"handled,omitempty"`
+	// Keys found (Get, BatchGet and BatchGetStream; 0 for other methods).
+	Hits uint64 `protobuf:"varint,5,opt,name=hits,proto3" json:"hits,omitempty"`
+	// Keys not found (Get, BatchGet and BatchGetStream; 0 for other methods).
+	Misses        uint64 `protobuf:"varint,6,opt,name=misses,proto3" json:"misses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MethodCounters) Reset() {
+	*x = MethodCounters{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MethodCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MethodCounters) ProtoMessage() {}
+
+func (x *MethodCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MethodCounters.ProtoReflect.Descriptor instead.
+func (*MethodCounters) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MethodCounters) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *MethodCounters) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *MethodCounters) GetStarted() uint64 {
+	if x != nil {
+		return x.Started
+	}
+	return 0
+}
+
+func (x *MethodCounters) GetHandled() []*CodeCount {
+	if x != nil {
+		return x.Handled
+	}
+	return nil
+}
+
+func (x *MethodCounters) GetHits() uint64 {
+	if x != nil {
+		return x.Hits
+	}
+	return 0
+}
+
+func (x *MethodCounters) GetMisses() uint64 {
+	if x != nil {
+		return x.Misses
+	}
+	return 0
+}
+
+// CodeCount is how many calls finished with one status code.
+type CodeCount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The gRPC status code (google.rpc.Code numbering, e.g. 0 OK,
+	// 14 UNAVAILABLE).
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// Its name as go-grpc-prometheus labels it, e.g. "OK", "Unavailable".
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// Calls that finished with it.
+	Count         uint64 `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CodeCount) Reset() {
+	*x = CodeCount{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CodeCount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CodeCount) ProtoMessage() {}
+
+func (x *CodeCount) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CodeCount.ProtoReflect.Descriptor instead.
+func (*CodeCount) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CodeCount) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CodeCount) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CodeCount) GetCount() uint64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+// ShardStats describes one shard: a memcached server of the pool, or the
+// embedded store.
+type ShardStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// host:port as configured (--memcached), or "embedded".
+	Address string `protobuf:"bytes,1,opt,name=address,proto3" json:"address,omitempty"`
+	// True when the shard answered for this call and memgate has not marked
+	// it down.
+	Up bool `protobuf:"varint,2,opt,name=up,proto3" json:"up,omitempty"`
+	// Why up is false, in words an operator can act on; empty when up.
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// Its weight on the ring (host:port:weight; 1 by default).
+	Weight uint32 `protobuf:"varint,4,opt,name=weight,proto3" json:"weight,omitempty"`
+	// The fraction of the hash ring, and so of the keys, the shard owns: 0 to
+	// 1, summing to 1 over all shards.
+	RingShare float64 `protobuf:"fixed64,5,opt,name=ring_share,json=ringShare,proto3" json:"ring_share,omitempty"`
+	// True while memgate has marked the shard down after
+	// --shard-failure-limit consecutive failures (its keys fail fast, or are
+	// rerouted).
+	MarkedDown bool `protobuf:"varint,6,opt,name=marked_down,json=markedDown,proto3" json:"marked_down,omitempty"`
+	// The backend's own figures, read for this call; absent when the shard
+	// did not answer.
+	Backend *BackendStats `protobuf:"bytes,7,opt,name=backend,proto3" json:"backend,omitempty"`
+	// memgate's own counters for this shard since it started.
+	Counters      *ShardCounters `protobuf:"bytes,8,opt,name=counters,proto3" json:"counters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardStats) Reset() {
+	*x = ShardStats{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardStats) ProtoMessage() {}
+
+func (x *ShardStats) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardStats.ProtoReflect.Descriptor instead.
+func (*ShardStats) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ShardStats) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *ShardStats) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
+func (x *ShardStats) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *ShardStats) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *ShardStats) GetRingShare() float64 {
+	if x != nil {
+		return x.RingShare
+	}
+	return 0
+}
+
+func (x *ShardStats) GetMarkedDown() bool {
+	if x != nil {
+		return x.MarkedDown
+	}
+	return false
+}
+
+func (x *ShardStats) GetBackend() *BackendStats {
+	if x != nil {
+		return x.Backend
+	}
+	return nil
+}
+
+func (x *ShardStats) GetCounters() *ShardCounters {
+	if x != nil {
+		return x.Counters
+	}
+	return nil
+}
+
+// BackendStats are a shard's own figures: those of memcached's `stats`
+// (named as memcached names them), or the embedded store's equivalents. A
+// figure the server does not report is 0 (or empty).
+type BackendStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Items stored now (`curr_items`).
+	CurrItems uint64 `protobuf:"varint,1,opt,name=curr_items,json=currItems,proto3" json:"curr_items,omitempty"`
+	// Bytes used to store items (`bytes`).
+	Bytes uint64 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// The memory limit for items, in bytes (`limit_maxbytes`, memcached's
+	// -m; --embedded-max-bytes for the embedded store).
+	LimitMaxbytes uint64 `protobuf:"varint,3,opt,name=limit_maxbytes,json=limitMaxbytes,proto3" json:"limit_maxbytes,omitempty"`
+	// Live items removed to make room for new ones (`evictions`).
+	Evictions uint64 `protobuf:"varint,4,opt,name=evictions,proto3" json:"evictions,omitempty"`
+	// Reads that found their key (`get_hits`).
+	GetHits uint64 `protobuf:"varint,5,opt,name=get_hits,json=getHits,proto3" json:"get_hits,omitempty"`
+	// Reads that did not (`get_misses`).
+	GetMisses uint64 `protobuf:"varint,6,opt,name=get_misses,json=getMisses,proto3" json:"get_misses,omitempty"`
+	// Seconds since the server started (`uptime`).
+	UptimeSeconds uint64 `protobuf:"varint,7,opt,name=uptime_seconds,json=uptimeSeconds,proto3" json:"uptime_seconds,omitempty"`
+	// The server's version (`version`), e.g. "1.6.18".
+	Version string `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	// Open client connections, memgate's included (`curr_connections`).
+	CurrConnections uint64 `protobuf:"varint,9,opt,name=curr_connections,json=currConnections,proto3" json:"curr_connections,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *BackendStats) Reset() {
+	*x = BackendStats{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendStats) ProtoMessage() {}
+
+func (x *BackendStats) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendStats.ProtoReflect.Descriptor instead.
+func (*BackendStats) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *BackendStats) GetCurrItems() uint64 {
+	if x != nil {
+		return x.CurrItems
+	}
+	return 0
+}
+
+func (x *BackendStats) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *BackendStats) GetLimitMaxbytes() uint64 {
+	if x != nil {
+		return x.LimitMaxbytes
+	}
+	return 0
+}
+
+func (x *BackendStats) GetEvictions() uint64 {
+	if x != nil {
+		return x.Evictions
+	}
+	return 0
+}
+
+func (x *BackendStats) GetGetHits() uint64 {
+	if x != nil {
+		return x.GetHits
+	}
+	return 0
+}
+
+func (x *BackendStats) GetGetMisses() uint64 {
+	if x != nil {
+		return x.GetMisses
+	}
+	return 0
+}
+
+func (x *BackendStats) GetUptimeSeconds() uint64 {
+	if x != nil {
+		return x.UptimeSeconds
+	}
+	return 0
+}
+
+func (x *BackendStats) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *BackendStats) GetCurrConnections() uint64 {
+	if x != nil {
+		return x.CurrConnections
+	}
+	return 0
+}
+
+// ShardCounters are memgate's own counters for one shard since it started
+// (the memgate_shard_* metrics).
+type ShardCounters struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Requests that got no reply within --timeout.
+	Timeouts uint64 `protobuf:"varint,1,opt,name=timeouts,proto3" json:"timeouts,omitempty"`
+	// Connects that failed (refused, unreachable, timed out).
+	Refused uint64 `protobuf:"varint,2,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Connections lost mid-request (reset, closed by the server).
+	IoErrors uint64 `protobuf:"varint,3,opt,name=io_errors,json=ioErrors,proto3" json:"io_errors,omitempty"`
+	// Replies that broke the protocol.
+	ProtocolErrors uint64 `protobuf:"varint,4,opt,name=protocol_errors,json=protocolErrors,proto3" json:"protocol_errors,omitempty"`
+	// Replies that were SERVER_ERROR.
+	ServerErrors uint64 `protobuf:"varint,5,opt,name=server_errors,json=serverErrors,proto3" json:"server_errors,omitempty"`
+	// Times the shard was marked down after consecutive failures.
+	Ejections uint64 `protobuf:"varint,6,opt,name=ejections,proto3" json:"ejections,omitempty"`
+	// Connections open now.
+	Connections uint64 `protobuf:"varint,7,opt,name=connections,proto3" json:"connections,omitempty"`
+	// Connections opened to replace one that was lost.
+	Reconnects    uint64 `protobuf:"varint,8,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShardCounters) Reset() {
+	*x = ShardCounters{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShardCounters) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShardCounters) ProtoMessage() {}
+
+func (x *ShardCounters) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShardCounters.ProtoReflect.Descriptor instead.
+func (*ShardCounters) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ShardCounters) GetTimeouts() uint64 {
+	if x != nil {
+		return x.Timeouts
+	}
+	return 0
+}
+
+func (x *ShardCounters) GetRefused() uint64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *ShardCounters) GetIoErrors() uint64 {
+	if x != nil {
+		return x.IoErrors
+	}
+	return 0
+}
+
+func (x *ShardCounters) GetProtocolErrors() uint64 {
+	if x != nil {
+		return x.ProtocolErrors
+	}
+	return 0
+}
+
+func (x *ShardCounters) GetServerErrors() uint64 {
+	if x != nil {
+		return x.ServerErrors
+	}
+	return 0
+}
+
+func (x *ShardCounters) GetEjections() uint64 {
+	if x != nil {
+		return x.Ejections
+	}
+	return 0
+}
+
+func (x *ShardCounters) GetConnections() uint64 {
+	if x != nil {
+		return x.Connections
+	}
+	return 0
+}
+
+func (x *ShardCounters) GetReconnects() uint64 {
+	if x != nil {
+		return x.Reconnects
+	}
+	return 0
+}
+
 var File_memgate_v1_cache_proto protoreflect.FileDescriptor
 
 const file_memgate_v1_cache_proto_rawDesc = "" +
@@ -922,7 +1676,71 @@ const file_memgate_v1_cache_proto_rawDesc = "" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\"]\n" +
 	"\x13BatchDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\rR\adeleted\x12,\n" +
-	"\x06errors\x18\x02 \x03(\v2\x14.memgate.v1.KeyErrorR\x06errors2\xb3\x05\n" +
+	"\x06errors\x18\x02 \x03(\v2\x14.memgate.v1.KeyErrorR\x06errors\"\x0e\n" +
+	"\fStatsRequest\"\xce\x01\n" +
+	"\rStatsResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12%\n" +
+	"\x0euptime_seconds\x18\x02 \x01(\x04R\ruptimeSeconds\x12\x14\n" +
+	"\x05store\x18\x03 \x01(\tR\x05store\x126\n" +
+	"\bcounters\x18\x04 \x01(\v2\x1a.memgate.v1.ServerCountersR\bcounters\x12.\n" +
+	"\x06shards\x18\x05 \x03(\v2\x16.memgate.v1.ShardStatsR\x06shards\"\xe4\x02\n" +
+	"\x0eServerCounters\x124\n" +
+	"\amethods\x18\x01 \x03(\v2\x1a.memgate.v1.MethodCountersR\amethods\x12\x12\n" +
+	"\x04hits\x18\x02 \x01(\x04R\x04hits\x12\x16\n" +
+	"\x06misses\x18\x03 \x01(\x04R\x06misses\x12%\n" +
+	"\x0einflight_calls\x18\x04 \x01(\x04R\rinflightCalls\x12%\n" +
+	"\x0einflight_bytes\x18\x05 \x01(\x04R\rinflightBytes\x12\x1d\n" +
+	"\n" +
+	"shed_calls\x18\x06 \x01(\x04R\tshedCalls\x12(\n" +
+	"\x10shed_bytes_calls\x18\a \x01(\x04R\x0eshedBytesCalls\x12-\n" +
+	"\x12deduplicated_reads\x18\b \x01(\x04R\x11deduplicatedReads\x12*\n" +
+	"\x11list_keys_skipped\x18\t \x01(\x04R\x0flistKeysSkipped\"\xb9\x01\n" +
+	"\x0eMethodCounters\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x18\n" +
+	"\astarted\x18\x03 \x01(\x04R\astarted\x12/\n" +
+	"\ahandled\x18\x04 \x03(\v2\x15.memgate.v1.CodeCountR\ahandled\x12\x12\n" +
+	"\x04hits\x18\x05 \x01(\x04R\x04hits\x12\x16\n" +
+	"\x06misses\x18\x06 \x01(\x04R\x06misses\"I\n" +
+	"\tCodeCount\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x04R\x05count\"\x8f\x02\n" +
+	"\n" +
+	"ShardStats\x12\x18\n" +
+	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x0e\n" +
+	"\x02up\x18\x02 \x01(\bR\x02up\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x16\n" +
+	"\x06weight\x18\x04 \x01(\rR\x06weight\x12\x1d\n" +
+	"\n" +
+	"ring_share\x18\x05 \x01(\x01R\tringShare\x12\x1f\n" +
+	"\vmarked_down\x18\x06 \x01(\bR\n" +
+	"markedDown\x122\n" +
+	"\abackend\x18\a \x01(\v2\x18.memgate.v1.BackendStatsR\abackend\x125\n" +
+	"\bcounters\x18\b \x01(\v2\x19.memgate.v1.ShardCountersR\bcounters\"\xae\x02\n" +
+	"\fBackendStats\x12\x1d\n" +
+	"\n" +
+	"curr_items\x18\x01 \x01(\x04R\tcurrItems\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\x12%\n" +
+	"\x0elimit_maxbytes\x18\x03 \x01(\x04R\rlimitMaxbytes\x12\x1c\n" +
+	"\tevictions\x18\x04 \x01(\x04R\tevictions\x12\x19\n" +
+	"\bget_hits\x18\x05 \x01(\x04R\agetHits\x12\x1d\n" +
+	"\n" +
+	"get_misses\x18\x06 \x01(\x04R\tgetMisses\x12%\n" +
+	"\x0euptime_seconds\x18\a \x01(\x04R\ruptimeSeconds\x12\x18\n" +
+	"\aversion\x18\b \x01(\tR\aversion\x12)\n" +
+	"\x10curr_connections\x18\t \x01(\x04R\x0fcurrConnections\"\x90\x02\n" +
+	"\rShardCounters\x12\x1a\n" +
+	"\btimeouts\x18\x01 \x01(\x04R\btimeouts\x12\x18\n" +
+	"\arefused\x18\x02 \x01(\x04R\arefused\x12\x1b\n" +
+	"\tio_errors\x18\x03 \x01(\x04R\bioErrors\x12'\n" +
+	"\x0fprotocol_errors\x18\x04 \x01(\x04R\x0eprotocolErrors\x12#\n" +
+	"\rserver_errors\x18\x05 \x01(\x04R\fserverErrors\x12\x1c\n" +
+	"\tejections\x18\x06 \x01(\x04R\tejections\x12 \n" +
+	"\vconnections\x18\a \x01(\x04R\vconnections\x12\x1e\n" +
+	"\n" +
+	"reconnects\x18\b \x01(\x04R\n" +
+	"reconnects2\xf1\x05\n" +
 	"\x05Cache\x126\n" +
 	"\x03Get\x12\x16.memgate.v1.GetRequest\x1a\x17.memgate.v1.GetResponse\x126\n" +
 	"\x03Set\x12\x16.memgate.v1.SetRequest\x1a\x17.memgate.v1.SetResponse\x12?\n" +
@@ -933,7 +1751,8 @@ const file_memgate_v1_cache_proto_rawDesc = "" +
 	"\vBatchDelete\x12\x1e.memgate.v1.BatchDeleteRequest\x1a\x1f.memgate.v1.BatchDeleteResponse\x12C\n" +
 	"\x0eBatchGetStream\x12\x16.memgate.v1.GetRequest\x1a\x15.memgate.v1.GetResult(\x010\x01\x12H\n" +
 	"\x0eBatchSetStream\x12\x16.memgate.v1.SetRequest\x1a\x1c.memgate.v1.BatchSetResponse(\x01\x12Q\n" +
-	"\x11BatchDeleteStream\x12\x19.memgate.v1.DeleteRequest\x1a\x1f.memgate.v1.BatchDeleteResponse(\x01B?Z=github.com/memgate/memgate/client/go/gen/memgate/v1;memgatev1b\x06proto3"
+	"\x11BatchDeleteStream\x12\x19.memgate.v1.DeleteRequest\x1a\x1f.memgate.v1.BatchDeleteResponse(\x01\x12<\n" +
+	"\x05Stats\x12\x18.memgate.v1.StatsRequest\x1a\x19.memgate.v1.StatsResponseB?Z=github.com/memgate/memgate/client/go/gen/memgate/v1;memgatev1b\x06proto3"
 
 var (
 	file_memgate_v1_cache_proto_rawDescOnce sync.Once
@@ -947,7 +1766,7 @@ func file_memgate_v1_cache_proto_rawDescGZIP() []byte {
 	return file_memgate_v1_cache_proto_rawDescData
 }
 
-var file_memgate_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_memgate_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_memgate_v1_cache_proto_goTypes = []any{
 	(*GetRequest)(nil),          // 0: memgate.v1.GetRequest
 	(*GetResponse)(nil),         // 1: memgate.v1.GetResponse
@@ -965,37 +1784,53 @@ var file_memgate_v1_cache_proto_goTypes = []any{
 	(*BatchSetResponse)(nil),    // 13: memgate.v1.BatchSetResponse
 	(*BatchDeleteRequest)(nil),  // 14: memgate.v1.BatchDeleteRequest
 	(*BatchDeleteResponse)(nil), // 15: memgate.v1.BatchDeleteResponse
+	(*StatsRequest)(nil),        // 16: memgate.v1.StatsRequest
+	(*StatsResponse)(nil),       // 17: memgate.v1.StatsResponse
+	(*ServerCounters)(nil),      // 18: memgate.v1.ServerCounters
+	(*MethodCounters)(nil),      // 19: memgate.v1.MethodCounters
+	(*CodeCount)(nil),           // 20: memgate.v1.CodeCount
+	(*ShardStats)(nil),          // 21: memgate.v1.ShardStats
+	(*BackendStats)(nil),        // 22: memgate.v1.BackendStats
+	(*ShardCounters)(nil),       // 23: memgate.v1.ShardCounters
 }
 var file_memgate_v1_cache_proto_depIdxs = []int32{
 	9,  // 0: memgate.v1.BatchGetResponse.results:type_name -> memgate.v1.GetResult
 	2,  // 1: memgate.v1.BatchSetRequest.items:type_name -> memgate.v1.SetRequest
 	12, // 2: memgate.v1.BatchSetResponse.errors:type_name -> memgate.v1.KeyError
 	12, // 3: memgate.v1.BatchDeleteResponse.errors:type_name -> memgate.v1.KeyError
-	0,  // 4: memgate.v1.Cache.Get:input_type -> memgate.v1.GetRequest
-	2,  // 5: memgate.v1.Cache.Set:input_type -> memgate.v1.SetRequest
-	4,  // 6: memgate.v1.Cache.Delete:input_type -> memgate.v1.DeleteRequest
-	6,  // 7: memgate.v1.Cache.List:input_type -> memgate.v1.ListRequest
-	8,  // 8: memgate.v1.Cache.BatchGet:input_type -> memgate.v1.BatchGetRequest
-	11, // 9: memgate.v1.Cache.BatchSet:input_type -> memgate.v1.BatchSetRequest
-	14, // 10: memgate.v1.Cache.BatchDelete:input_type -> memgate.v1.BatchDeleteRequest
-	0,  // 11: memgate.v1.Cache.BatchGetStream:input_type -> memgate.v1.GetRequest
-	2,  // 12: memgate.v1.Cache.BatchSetStream:input_type -> memgate.v1.SetRequest
-	4,  // 13: memgate.v1.Cache.BatchDeleteStream:input_type -> memgate.v1.DeleteRequest
-	1,  // 14: memgate.v1.Cache.Get:output_type -> memgate.v1.GetResponse
-	3,  // 15: memgate.v1.Cache.Set:output_type -> memgate.v1.SetResponse
-	5,  // 16: memgate.v1.Cache.Delete:output_type -> memgate.v1.DeleteResponse
-	7,  // 17: memgate.v1.Cache.List:output_type -> memgate.v1.ListResponse
-	10, // 18: memgate.v1.Cache.BatchGet:output_type -> memgate.v1.BatchGetResponse
-	13, // 19: memgate.v1.Cache.BatchSet:output_type -> memgate.v1.BatchSetResponse
-	15, // 20: memgate.v1.Cache.BatchDelete:output_type -> memgate.v1.BatchDeleteResponse
-	9,  // 21: memgate.v1.Cache.BatchGetStream:output_type -> memgate.v1.GetResult
-	13, // 22: memgate.v1.Cache.BatchSetStream:output_type -> memgate.v1.BatchSetResponse
-	15, // 23: memgate.v1.Cache.BatchDeleteStream:output_type -> memgate.v1.BatchDeleteResponse
-	14, // [14:24] is the sub-list for method output_type
-	4,  // [4:14] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	18, // 4: memgate.v1.StatsResponse.counters:type_name -> memgate.v1.ServerCounters
+	21, // 5: memgate.v1.StatsResponse.shards:type_name -> memgate.v1.ShardStats
+	19, // 6: memgate.v1.ServerCounters.methods:type_name -> memgate.v1.MethodCounters
+	20, // 7: memgate.v1.MethodCounters.handled:type_name -> memgate.v1.CodeCount
+	22, // 8: memgate.v1.ShardStats.backend:type_name -> memgate.v1.BackendStats
+	23, // 9: memgate.v1.ShardStats.counters:type_name -> memgate.v1.ShardCounters
+	0,  // 10: memgate.v1.Cache.Get:input_type -> memgate.v1.GetRequest
+	2,  // 11: memgate.v1.Cache.Set:input_type -> memgate.v1.SetRequest
+	4,  // 12: memgate.v1.Cache.Delete:input_type -> memgate.v1.DeleteRequest
+	6,  // 13: memgate.v1.Cache.List:input_type -> memgate.v1.ListRequest
+	8,  // 14: memgate.v1.Cache.BatchGet:input_type -> memgate.v1.BatchGetRequest
+	11, // 15: memgate.v1.Cache.BatchSet:input_type -> memgate.v1.BatchSetRequest
+	14, // 16: memgate.v1.Cache.BatchDelete:input_type -> memgate.v1.BatchDeleteRequest
+	0,  // 17: memgate.v1.Cache.BatchGetStream:input_type -> memgate.v1.GetRequest
+	2,  // 18: memgate.v1.Cache.BatchSetStream:input_type -> memgate.v1.SetRequest
+	4,  // 19: memgate.v1.Cache.BatchDeleteStream:input_type -> memgate.v1.DeleteRequest
+	16, // 20: memgate.v1.Cache.Stats:input_type -> memgate.v1.StatsRequest
+	1,  // 21: memgate.v1.Cache.Get:output_type -> memgate.v1.GetResponse
+	3,  // 22: memgate.v1.Cache.Set:output_type -> memgate.v1.SetResponse
+	5,  // 23: memgate.v1.Cache.Delete:output_type -> memgate.v1.DeleteResponse
+	7,  // 24: memgate.v1.Cache.List:output_type -> memgate.v1.ListResponse
+	10, // 25: memgate.v1.Cache.BatchGet:output_type -> memgate.v1.BatchGetResponse
+	13, // 26: memgate.v1.Cache.BatchSet:output_type -> memgate.v1.BatchSetResponse
+	15, // 27: memgate.v1.Cache.BatchDelete:output_type -> memgate.v1.BatchDeleteResponse
+	9,  // 28: memgate.v1.Cache.BatchGetStream:output_type -> memgate.v1.GetResult
+	13, // 29: memgate.v1.Cache.BatchSetStream:output_type -> memgate.v1.BatchSetResponse
+	15, // 30: memgate.v1.Cache.BatchDeleteStream:output_type -> memgate.v1.BatchDeleteResponse
+	17, // 31: memgate.v1.Cache.Stats:output_type -> memgate.v1.StatsResponse
+	21, // [21:32] is the sub-list for method output_type
+	10, // [10:21] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_memgate_v1_cache_proto_init() }
@@ -1010,7 +1845,7 @@ func file_memgate_v1_cache_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_memgate_v1_cache_proto_rawDesc), len(file_memgate_v1_cache_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

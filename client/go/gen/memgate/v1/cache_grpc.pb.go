@@ -34,6 +34,7 @@ const (
 	Cache_BatchGetStream_FullMethodName    = "/memgate.v1.Cache/BatchGetStream"
 	Cache_BatchSetStream_FullMethodName    = "/memgate.v1.Cache/BatchSetStream"
 	Cache_BatchDeleteStream_FullMethodName = "/memgate.v1.Cache/BatchDeleteStream"
+	Cache_Stats_FullMethodName             = "/memgate.v1.Cache/Stats"
 )
 
 // CacheClient is the client API for Cache service.
@@ -94,6 +95,14 @@ type CacheClient interface {
 	// BatchDeleteStream deletes a stream of keys and reports the total once
 	// the client closes its side, like BatchSetStream.
 	BatchDeleteStream(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[DeleteRequest, BatchDeleteResponse], error)
+	// Stats reports on this server and each shard: memgate's version, uptime
+	// and counters; per shard its address, whether it is up, its share of the
+	// keys and the backend's own figures (memcached's `stats`). Shards are
+	// asked concurrently, each within the server's backend timeout; a shard
+	// that does not answer is reported with up=false and an error instead of
+	// failing the call. The embedded store reports itself as one shard named
+	// "embedded". An operator's call: it asks every shard.
+	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
 }
 
 type cacheClient struct {
@@ -213,6 +222,16 @@ func (c *cacheClient) BatchDeleteStream(ctx context.Context, opts ...grpc.CallOp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cache_BatchDeleteStreamClient = grpc.ClientStreamingClient[DeleteRequest, BatchDeleteResponse]
 
+func (c *cacheClient) Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StatsResponse)
+	err := c.cc.Invoke(ctx, Cache_Stats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CacheServer is the server API for Cache service.
 // All implementations must embed UnimplementedCacheServer
 // for forward compatibility.
@@ -271,6 +290,14 @@ type CacheServer interface {
 	// BatchDeleteStream deletes a stream of keys and reports the total once
 	// the client closes its side, like BatchSetStream.
 	BatchDeleteStream(grpc.ClientStreamingServer[DeleteRequest, BatchDeleteResponse]) error
+	// Stats reports on this server and each shard: memgate's version, uptime
+	// and counters; per shard its address, whether it is up, its share of the
+	// keys and the backend's own figures (memcached's `stats`). Shards are
+	// asked concurrently, each within the server's backend timeout; a shard
+	// that does not answer is reported with up=false and an error instead of
+	// failing the call. The embedded store reports itself as one shard named
+	// "embedded". An operator's call: it asks every shard.
+	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
 	mustEmbedUnimplementedCacheServer()
 }
 
@@ -310,6 +337,9 @@ func (UnimplementedCacheServer) BatchSetStream(grpc.ClientStreamingServer[SetReq
 }
 func (UnimplementedCacheServer) BatchDeleteStream(grpc.ClientStreamingServer[DeleteRequest, BatchDeleteResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method BatchDeleteStream not implemented")
+}
+func (UnimplementedCacheServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Stats not implemented")
 }
 func (UnimplementedCacheServer) mustEmbedUnimplementedCacheServer() {}
 func (UnimplementedCacheServer) testEmbeddedByValue()               {}
@@ -479,6 +509,24 @@ func _Cache_BatchDeleteStream_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cache_BatchDeleteStreamServer = grpc.ClientStreamingServer[DeleteRequest, BatchDeleteResponse]
 
+func _Cache_Stats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServer).Stats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cache_Stats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServer).Stats(ctx, req.(*StatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cache_ServiceDesc is the grpc.ServiceDesc for Cache service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -513,6 +561,10 @@ var Cache_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BatchDelete",
 			Handler:    _Cache_BatchDelete_Handler,
+		},
+		{
+			MethodName: "Stats",
+			Handler:    _Cache_Stats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -123,3 +123,131 @@ class BatchDeleteResponse(_message.Message):
     deleted: int
     errors: _containers.RepeatedCompositeFieldContainer[KeyError]
     def __init__(self, deleted: _Optional[int] = ..., errors: _Optional[_Iterable[_Union[KeyError, _Mapping]]] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatsResponse(_message.Message):
+    __slots__ = ("version", "uptime_seconds", "store", "counters", "shards")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    uptime_seconds: int
+    store: str
+    counters: ServerCounters
+    shards: _containers.RepeatedCompositeFieldContainer[ShardStats]
+    def __init__(self, version: _Optional[str] = ..., uptime_seconds: _Optional[int] = ..., store: _Optional[str] = ..., counters: _Optional[_Union[ServerCounters, _Mapping]] = ..., shards: _Optional[_Iterable[_Union[ShardStats, _Mapping]]] = ...) -> None: ...
+
+class ServerCounters(_message.Message):
+    __slots__ = ("methods", "hits", "misses", "inflight_calls", "inflight_bytes", "shed_calls", "shed_bytes_calls", "deduplicated_reads", "list_keys_skipped")
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_CALLS_FIELD_NUMBER: _ClassVar[int]
+    INFLIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHED_CALLS_FIELD_NUMBER: _ClassVar[int]
+    SHED_BYTES_CALLS_FIELD_NUMBER: _ClassVar[int]
+    DEDUPLICATED_READS_FIELD_NUMBER: _ClassVar[int]
+    LIST_KEYS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    methods: _containers.RepeatedCompositeFieldContainer[MethodCounters]
+    hits: int
+    misses: int
+    inflight_calls: int
+    inflight_bytes: int
+    shed_calls: int
+    shed_bytes_calls: int
+    deduplicated_reads: int
+    list_keys_skipped: int
+    def __init__(self, methods: _Optional[_Iterable[_Union[MethodCounters, _Mapping]]] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., inflight_calls: _Optional[int] = ..., inflight_bytes: _Optional[int] = ..., shed_calls: _Optional[int] = ..., shed_bytes_calls: _Optional[int] = ..., deduplicated_reads: _Optional[int] = ..., list_keys_skipped: _Optional[int] = ...) -> None: ...
+
+class MethodCounters(_message.Message):
+    __slots__ = ("service", "method", "started", "handled", "hits", "misses")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    HANDLED_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    method: str
+    started: int
+    handled: _containers.RepeatedCompositeFieldContainer[CodeCount]
+    hits: int
+    misses: int
+    def __init__(self, service: _Optional[str] = ..., method: _Optional[str] = ..., started: _Optional[int] = ..., handled: _Optional[_Iterable[_Union[CodeCount, _Mapping]]] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ...) -> None: ...
+
+class CodeCount(_message.Message):
+    __slots__ = ("code", "name", "count")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    name: str
+    count: int
+    def __init__(self, code: _Optional[int] = ..., name: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ShardStats(_message.Message):
+    __slots__ = ("address", "up", "error", "weight", "ring_share", "marked_down", "backend", "counters")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RING_SHARE_FIELD_NUMBER: _ClassVar[int]
+    MARKED_DOWN_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    up: bool
+    error: str
+    weight: int
+    ring_share: float
+    marked_down: bool
+    backend: BackendStats
+    counters: ShardCounters
+    def __init__(self, address: _Optional[str] = ..., up: bool = ..., error: _Optional[str] = ..., weight: _Optional[int] = ..., ring_share: _Optional[float] = ..., marked_down: bool = ..., backend: _Optional[_Union[BackendStats, _Mapping]] = ..., counters: _Optional[_Union[ShardCounters, _Mapping]] = ...) -> None: ...
+
+class BackendStats(_message.Message):
+    __slots__ = ("curr_items", "bytes", "limit_maxbytes", "evictions", "get_hits", "get_misses", "uptime_seconds", "version", "curr_connections")
+    CURR_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_MAXBYTES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    GET_HITS_FIELD_NUMBER: _ClassVar[int]
+    GET_MISSES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CURR_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    curr_items: int
+    bytes: int
+    limit_maxbytes: int
+    evictions: int
+    get_hits: int
+    get_misses: int
+    uptime_seconds: int
+    version: str
+    curr_connections: int
+    def __init__(self, curr_items: _Optional[int] = ..., bytes: _Optional[int] = ..., limit_maxbytes: _Optional[int] = ..., evictions: _Optional[int] = ..., get_hits: _Optional[int] = ..., get_misses: _Optional[int] = ..., uptime_seconds: _Optional[int] = ..., version: _Optional[str] = ..., curr_connections: _Optional[int] = ...) -> None: ...
+
+class ShardCounters(_message.Message):
+    __slots__ = ("timeouts", "refused", "io_errors", "protocol_errors", "server_errors", "ejections", "connections", "reconnects")
+    TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    IO_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    EJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    RECONNECTS_FIELD_NUMBER: _ClassVar[int]
+    timeouts: int
+    refused: int
+    io_errors: int
+    protocol_errors: int
+    server_errors: int
+    ejections: int
+    connections: int
+    reconnects: int
+    def __init__(self, timeouts: _Optional[int] = ..., refused: _Optional[int] = ..., io_errors: _Optional[int] = ..., protocol_errors: _Optional[int] = ..., server_errors: _Optional[int] = ..., ejections: _Optional[int] = ..., connections: _Optional[int] = ..., reconnects: _Optional[int] = ...) -> None: ...

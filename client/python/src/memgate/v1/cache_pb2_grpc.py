@@ -98,6 +98,11 @@ class CacheStub(object):
                 request_serializer=memgate_dot_v1_dot_cache__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=memgate_dot_v1_dot_cache__pb2.BatchDeleteResponse.FromString,
                 _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/memgate.v1.Cache/Stats',
+                request_serializer=memgate_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
+                response_deserializer=memgate_dot_v1_dot_cache__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServicer(object):
@@ -205,6 +210,19 @@ class CacheServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stats(self, request, context):
+        """Stats reports on this server and each shard: memgate's version, uptime
+        and counters; per shard its address, whether it is up, its share of the
+        keys and the backend's own figures (memcached's `stats`). Shards are
+        asked concurrently, each within the server's backend timeout; a shard
+        that does not answer is reported with up=false and an error instead of
+        failing the call. The embedded store reports itself as one shard named
+        "embedded". An operator's call: it asks every shard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +275,11 @@ def add_CacheServicer_to_server(servicer, server):
                     servicer.BatchDeleteStream,
                     request_deserializer=memgate_dot_v1_dot_cache__pb2.DeleteRequest.FromString,
                     response_serializer=memgate_dot_v1_dot_cache__pb2.BatchDeleteResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=memgate_dot_v1_dot_cache__pb2.StatsRequest.FromString,
+                    response_serializer=memgate_dot_v1_dot_cache__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -543,6 +566,33 @@ class Cache(object):
             '/memgate.v1.Cache/BatchDeleteStream',
             memgate_dot_v1_dot_cache__pb2.DeleteRequest.SerializeToString,
             memgate_dot_v1_dot_cache__pb2.BatchDeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memgate.v1.Cache/Stats',
+            memgate_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
+            memgate_dot_v1_dot_cache__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

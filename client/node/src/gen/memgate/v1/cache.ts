@@ -169,6 +169,208 @@ export interface BatchDeleteResponse {
   errors: KeyError[];
 }
 
+/**
+ * StatsRequest asks for the statistics of the server and its shards. It has
+ * no fields yet.
+ */
+export interface StatsRequest {
+}
+
+/**
+ * StatsResponse describes the server and each of its shards at the time of
+ * the call.
+ */
+export interface StatsResponse {
+  /** memgate's version, e.g. "0.1.0". */
+  version: string;
+  /** Seconds since this server started serving. */
+  uptimeSeconds: number;
+  /**
+   * The store behind the server, as its startup log names it, e.g.
+   * "memcached pool of 3 shards [...]" or "embedded store (268435456 bytes)".
+   */
+  store: string;
+  /**
+   * This server's own counters since it started (the figures its Prometheus
+   * metrics export; every replica counts its own calls).
+   */
+  counters:
+    | ServerCounters
+    | undefined;
+  /**
+   * One entry per shard, in the order of the server's --memcached list; the
+   * embedded store is one shard with address "embedded".
+   */
+  shards: ShardStats[];
+}
+
+/** ServerCounters are one memgate process's counters since it started. */
+export interface ServerCounters {
+  /**
+   * One entry per gRPC method called at least once (this Stats call
+   * included), sorted by service and method. Methods never called are
+   * absent.
+   */
+  methods: MethodCounters[];
+  /** Keys found by Get, BatchGet and BatchGetStream (batches count each key). */
+  hits: number;
+  /** Keys not found by Get, BatchGet and BatchGetStream. */
+  misses: number;
+  /**
+   * Calls being handled now, this one, health probes and open streams
+   * included.
+   */
+  inflightCalls: number;
+  /**
+   * Bytes of values held for calls in flight (bounded by
+   * --max-inflight-bytes).
+   */
+  inflightBytes: number;
+  /**
+   * Calls refused with RESOURCE_EXHAUSTED because --max-concurrent-calls
+   * calls were in flight.
+   */
+  shedCalls: number;
+  /**
+   * Calls refused with RESOURCE_EXHAUSTED because the values held for calls
+   * would have gone past --max-inflight-bytes.
+   */
+  shedBytesCalls: number;
+  /**
+   * Reads answered by a read of the same key already in flight, and
+   * duplicate keys within a batch (read once).
+   */
+  deduplicatedReads: number;
+  /**
+   * Keys List skipped because they are not UTF-8 (written by another
+   * memcached client).
+   */
+  listKeysSkipped: number;
+}
+
+/** MethodCounters counts the calls of one gRPC method. */
+export interface MethodCounters {
+  /** The full service name, e.g. "memgate.v1.Cache". */
+  service: string;
+  /** The method name, e.g. "Get". */
+  method: string;
+  /** Calls started (grpc_server_started_total). */
+  started: number;
+  /**
+   * Calls finished, per status code (grpc_server_handled_total), by code;
+   * codes never returned are absent. started minus their sum is the calls
+   * still in flight.
+   */
+  handled: CodeCount[];
+  /** Keys found (Get, BatchGet and BatchGetStream; 0 for other methods). */
+  hits: number;
+  /** Keys not found (Get, BatchGet and BatchGetStream; 0 for other methods). */
+  misses: number;
+}
+
+/** CodeCount is how many calls finished with one status code. */
+export interface CodeCount {
+  /**
+   * The gRPC status code (google.rpc.Code numbering, e.g. 0 OK,
+   * 14 UNAVAILABLE).
+   */
+  code: number;
+  /** Its name as go-grpc-prometheus labels it, e.g. "OK", "Unavailable". */
+  name: string;
+  /** Calls that finished with it. */
+  count: number;
+}
+
+/**
+ * ShardStats describes one shard: a memcached server of the pool, or the
+ * embedded store.
+ */
+export interface ShardStats {
+  /** host:port as configured (--memcached), or "embedded". */
+  address: string;
+  /**
+   * True when the shard answered for this call and memgate has not marked
+   * it down.
+   */
+  up: boolean;
+  /** Why up is false, in words an operator can act on; empty when up. */
+  error: string;
+  /** Its weight on the ring (host:port:weight; 1 by default). */
+  weight: number;
+  /**
+   * The fraction of the hash ring, and so of the keys, the shard owns: 0 to
+   * 1, summing to 1 over all shards.
+   */
+  ringShare: number;
+  /**
+   * True while memgate has marked the shard down after
+   * --shard-failure-limit consecutive failures (its keys fail fast, or are
+   * rerouted).
+   */
+  markedDown: boolean;
+  /**
+   * The backend's own figures, read for this call; absent when the shard
+   * did not answer.
+   */
+  backend:
+    | BackendStats
+    | undefined;
+  /** memgate's own counters for this shard since it started. */
+  counters: ShardCounters | undefined;
+}
+
+/**
+ * BackendStats are a shard's own figures: those of memcached's `stats`
+ * (named as memcached names them), or the embedded store's equivalents. A
+ * figure the server does not report is 0 (or empty).
+ */
+export interface BackendStats {
+  /** Items stored now (`curr_items`). */
+  currItems: number;
+  /** Bytes used to store items (`bytes`). */
+  bytes: number;
+  /**
+   * The memory limit for items, in bytes (`limit_maxbytes`, memcached's
+   * -m; --embedded-max-bytes for the embedded store).
+   */
+  limitMaxbytes: number;
+  /** Live items removed to make room for new ones (`evictions`). */
+  evictions: number;
+  /** Reads that found their key (`get_hits`). */
+  getHits: number;
+  /** Reads that did not (`get_misses`). */
+  getMisses: number;
+  /** Seconds since the server started (`uptime`). */
+  uptimeSeconds: number;
+  /** The server's version (`version`), e.g. "1.6.18". */
+  version: string;
+  /** Open client connections, memgate's included (`curr_connections`). */
+  currConnections: number;
+}
+
+/**
+ * ShardCounters are memgate's own counters for one shard since it started
+ * (the memgate_shard_* metrics).
+ */
+export interface ShardCounters {
+  /** Requests that got no reply within --timeout. */
+  timeouts: number;
+  /** Connects that failed (refused, unreachable, timed out). */
+  refused: number;
+  /** Connections lost mid-request (reset, closed by the server). */
+  ioErrors: number;
+  /** Replies that broke the protocol. */
+  protocolErrors: number;
+  /** Replies that were SERVER_ERROR. */
+  serverErrors: number;
+  /** Times the shard was marked down after consecutive failures. */
+  ejections: number;
+  /** Connections open now. */
+  connections: number;
+  /** Connections opened to replace one that was lost. */
+  reconnects: number;
+}
+
 function createBaseGetRequest(): GetRequest {
   return { key: "" };
 }
@@ -1181,6 +1383,970 @@ export const BatchDeleteResponse: MessageFns<BatchDeleteResponse> = {
   },
 };
 
+function createBaseStatsRequest(): StatsRequest {
+  return {};
+}
+
+export const StatsRequest: MessageFns<StatsRequest> = {
+  encode(_: StatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<StatsRequest>): StatsRequest {
+    return StatsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<StatsRequest>): StatsRequest {
+    const message = createBaseStatsRequest();
+    return message;
+  },
+};
+
+function createBaseStatsResponse(): StatsResponse {
+  return { version: "", uptimeSeconds: 0, store: "", counters: undefined, shards: [] };
+}
+
+export const StatsResponse: MessageFns<StatsResponse> = {
+  encode(message: StatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.version !== "") {
+      writer.uint32(10).string(message.version);
+    }
+    if (message.uptimeSeconds !== 0) {
+      writer.uint32(16).uint64(message.uptimeSeconds);
+    }
+    if (message.store !== "") {
+      writer.uint32(26).string(message.store);
+    }
+    if (message.counters !== undefined) {
+      ServerCounters.encode(message.counters, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.shards) {
+      ShardStats.encode(v!, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.uptimeSeconds = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.store = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.counters = ServerCounters.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.shards.push(ShardStats.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<StatsResponse>): StatsResponse {
+    return StatsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<StatsResponse>): StatsResponse {
+    const message = createBaseStatsResponse();
+    message.version = object.version ?? "";
+    message.uptimeSeconds = object.uptimeSeconds ?? 0;
+    message.store = object.store ?? "";
+    message.counters = (object.counters !== undefined && object.counters !== null)
+      ? ServerCounters.fromPartial(object.counters)
+      : undefined;
+    message.shards = object.shards?.map((e) => ShardStats.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseServerCounters(): ServerCounters {
+  return {
+    methods: [],
+    hits: 0,
+    misses: 0,
+    inflightCalls: 0,
+    inflightBytes: 0,
+    shedCalls: 0,
+    shedBytesCalls: 0,
+    deduplicatedReads: 0,
+    listKeysSkipped: 0,
+  };
+}
+
+export const ServerCounters: MessageFns<ServerCounters> = {
+  encode(message: ServerCounters, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.methods) {
+      MethodCounters.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.hits !== 0) {
+      writer.uint32(16).uint64(message.hits);
+    }
+    if (message.misses !== 0) {
+      writer.uint32(24).uint64(message.misses);
+    }
+    if (message.inflightCalls !== 0) {
+      writer.uint32(32).uint64(message.inflightCalls);
+    }
+    if (message.inflightBytes !== 0) {
+      writer.uint32(40).uint64(message.inflightBytes);
+    }
+    if (message.shedCalls !== 0) {
+      writer.uint32(48).uint64(message.shedCalls);
+    }
+    if (message.shedBytesCalls !== 0) {
+      writer.uint32(56).uint64(message.shedBytesCalls);
+    }
+    if (message.deduplicatedReads !== 0) {
+      writer.uint32(64).uint64(message.deduplicatedReads);
+    }
+    if (message.listKeysSkipped !== 0) {
+      writer.uint32(72).uint64(message.listKeysSkipped);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ServerCounters {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseServerCounters();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.methods.push(MethodCounters.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.hits = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.misses = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.inflightCalls = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.inflightBytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.shedCalls = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.shedBytesCalls = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.deduplicatedReads = longToNumber(reader.uint64());
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.listKeysSkipped = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ServerCounters>): ServerCounters {
+    return ServerCounters.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ServerCounters>): ServerCounters {
+    const message = createBaseServerCounters();
+    message.methods = object.methods?.map((e) => MethodCounters.fromPartial(e)) || [];
+    message.hits = object.hits ?? 0;
+    message.misses = object.misses ?? 0;
+    message.inflightCalls = object.inflightCalls ?? 0;
+    message.inflightBytes = object.inflightBytes ?? 0;
+    message.shedCalls = object.shedCalls ?? 0;
+    message.shedBytesCalls = object.shedBytesCalls ?? 0;
+    message.deduplicatedReads = object.deduplicatedReads ?? 0;
+    message.listKeysSkipped = object.listKeysSkipped ?? 0;
+    return message;
+  },
+};
+
+function createBaseMethodCounters(): MethodCounters {
+  return { service: "", method: "", started: 0, handled: [], hits: 0, misses: 0 };
+}
+
+export const MethodCounters: MessageFns<MethodCounters> = {
+  encode(message: MethodCounters, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    if (message.method !== "") {
+      writer.uint32(18).string(message.method);
+    }
+    if (message.started !== 0) {
+      writer.uint32(24).uint64(message.started);
+    }
+    for (const v of message.handled) {
+      CodeCount.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.hits !== 0) {
+      writer.uint32(40).uint64(message.hits);
+    }
+    if (message.misses !== 0) {
+      writer.uint32(48).uint64(message.misses);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MethodCounters {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMethodCounters();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.started = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.handled.push(CodeCount.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.hits = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.misses = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<MethodCounters>): MethodCounters {
+    return MethodCounters.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MethodCounters>): MethodCounters {
+    const message = createBaseMethodCounters();
+    message.service = object.service ?? "";
+    message.method = object.method ?? "";
+    message.started = object.started ?? 0;
+    message.handled = object.handled?.map((e) => CodeCount.fromPartial(e)) || [];
+    message.hits = object.hits ?? 0;
+    message.misses = object.misses ?? 0;
+    return message;
+  },
+};
+
+function createBaseCodeCount(): CodeCount {
+  return { code: 0, name: "", count: 0 };
+}
+
+export const CodeCount: MessageFns<CodeCount> = {
+  encode(message: CodeCount, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).int32(message.code);
+    }
+    if (message.name !== "") {
+      writer.uint32(18).string(message.name);
+    }
+    if (message.count !== 0) {
+      writer.uint32(24).uint64(message.count);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CodeCount {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCodeCount();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.count = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<CodeCount>): CodeCount {
+    return CodeCount.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CodeCount>): CodeCount {
+    const message = createBaseCodeCount();
+    message.code = object.code ?? 0;
+    message.name = object.name ?? "";
+    message.count = object.count ?? 0;
+    return message;
+  },
+};
+
+function createBaseShardStats(): ShardStats {
+  return {
+    address: "",
+    up: false,
+    error: "",
+    weight: 0,
+    ringShare: 0,
+    markedDown: false,
+    backend: undefined,
+    counters: undefined,
+  };
+}
+
+export const ShardStats: MessageFns<ShardStats> = {
+  encode(message: ShardStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.address !== "") {
+      writer.uint32(10).string(message.address);
+    }
+    if (message.up !== false) {
+      writer.uint32(16).bool(message.up);
+    }
+    if (message.error !== "") {
+      writer.uint32(26).string(message.error);
+    }
+    if (message.weight !== 0) {
+      writer.uint32(32).uint32(message.weight);
+    }
+    if (message.ringShare !== 0) {
+      writer.uint32(41).double(message.ringShare);
+    }
+    if (message.markedDown !== false) {
+      writer.uint32(48).bool(message.markedDown);
+    }
+    if (message.backend !== undefined) {
+      BackendStats.encode(message.backend, writer.uint32(58).fork()).join();
+    }
+    if (message.counters !== undefined) {
+      ShardCounters.encode(message.counters, writer.uint32(66).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShardStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShardStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.up = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.weight = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 41) {
+              break;
+            }
+
+            message.ringShare = reader.double();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.markedDown = reader.bool();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.backend = BackendStats.decode(reader, reader.uint32());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.counters = ShardCounters.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ShardStats>): ShardStats {
+    return ShardStats.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ShardStats>): ShardStats {
+    const message = createBaseShardStats();
+    message.address = object.address ?? "";
+    message.up = object.up ?? false;
+    message.error = object.error ?? "";
+    message.weight = object.weight ?? 0;
+    message.ringShare = object.ringShare ?? 0;
+    message.markedDown = object.markedDown ?? false;
+    message.backend = (object.backend !== undefined && object.backend !== null)
+      ? BackendStats.fromPartial(object.backend)
+      : undefined;
+    message.counters = (object.counters !== undefined && object.counters !== null)
+      ? ShardCounters.fromPartial(object.counters)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseBackendStats(): BackendStats {
+  return {
+    currItems: 0,
+    bytes: 0,
+    limitMaxbytes: 0,
+    evictions: 0,
+    getHits: 0,
+    getMisses: 0,
+    uptimeSeconds: 0,
+    version: "",
+    currConnections: 0,
+  };
+}
+
+export const BackendStats: MessageFns<BackendStats> = {
+  encode(message: BackendStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.currItems !== 0) {
+      writer.uint32(8).uint64(message.currItems);
+    }
+    if (message.bytes !== 0) {
+      writer.uint32(16).uint64(message.bytes);
+    }
+    if (message.limitMaxbytes !== 0) {
+      writer.uint32(24).uint64(message.limitMaxbytes);
+    }
+    if (message.evictions !== 0) {
+      writer.uint32(32).uint64(message.evictions);
+    }
+    if (message.getHits !== 0) {
+      writer.uint32(40).uint64(message.getHits);
+    }
+    if (message.getMisses !== 0) {
+      writer.uint32(48).uint64(message.getMisses);
+    }
+    if (message.uptimeSeconds !== 0) {
+      writer.uint32(56).uint64(message.uptimeSeconds);
+    }
+    if (message.version !== "") {
+      writer.uint32(66).string(message.version);
+    }
+    if (message.currConnections !== 0) {
+      writer.uint32(72).uint64(message.currConnections);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BackendStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBackendStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.currItems = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.bytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.limitMaxbytes = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.evictions = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.getHits = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.getMisses = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.uptimeSeconds = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.currConnections = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<BackendStats>): BackendStats {
+    return BackendStats.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BackendStats>): BackendStats {
+    const message = createBaseBackendStats();
+    message.currItems = object.currItems ?? 0;
+    message.bytes = object.bytes ?? 0;
+    message.limitMaxbytes = object.limitMaxbytes ?? 0;
+    message.evictions = object.evictions ?? 0;
+    message.getHits = object.getHits ?? 0;
+    message.getMisses = object.getMisses ?? 0;
+    message.uptimeSeconds = object.uptimeSeconds ?? 0;
+    message.version = object.version ?? "";
+    message.currConnections = object.currConnections ?? 0;
+    return message;
+  },
+};
+
+function createBaseShardCounters(): ShardCounters {
+  return {
+    timeouts: 0,
+    refused: 0,
+    ioErrors: 0,
+    protocolErrors: 0,
+    serverErrors: 0,
+    ejections: 0,
+    connections: 0,
+    reconnects: 0,
+  };
+}
+
+export const ShardCounters: MessageFns<ShardCounters> = {
+  encode(message: ShardCounters, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.timeouts !== 0) {
+      writer.uint32(8).uint64(message.timeouts);
+    }
+    if (message.refused !== 0) {
+      writer.uint32(16).uint64(message.refused);
+    }
+    if (message.ioErrors !== 0) {
+      writer.uint32(24).uint64(message.ioErrors);
+    }
+    if (message.protocolErrors !== 0) {
+      writer.uint32(32).uint64(message.protocolErrors);
+    }
+    if (message.serverErrors !== 0) {
+      writer.uint32(40).uint64(message.serverErrors);
+    }
+    if (message.ejections !== 0) {
+      writer.uint32(48).uint64(message.ejections);
+    }
+    if (message.connections !== 0) {
+      writer.uint32(56).uint64(message.connections);
+    }
+    if (message.reconnects !== 0) {
+      writer.uint32(64).uint64(message.reconnects);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ShardCounters {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseShardCounters();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.timeouts = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.refused = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.ioErrors = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.protocolErrors = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.serverErrors = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.ejections = longToNumber(reader.uint64());
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.connections = longToNumber(reader.uint64());
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.reconnects = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<ShardCounters>): ShardCounters {
+    return ShardCounters.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ShardCounters>): ShardCounters {
+    const message = createBaseShardCounters();
+    message.timeouts = object.timeouts ?? 0;
+    message.refused = object.refused ?? 0;
+    message.ioErrors = object.ioErrors ?? 0;
+    message.protocolErrors = object.protocolErrors ?? 0;
+    message.serverErrors = object.serverErrors ?? 0;
+    message.ejections = object.ejections ?? 0;
+    message.connections = object.connections ?? 0;
+    message.reconnects = object.reconnects ?? 0;
+    return message;
+  },
+};
+
 /**
  * Cache is a key-value cache. Keys are routed to one memcached shard by
  * consistent hashing; the server itself is stateless.
@@ -1331,6 +2497,24 @@ export const CacheService = {
     responseSerialize: (value: BatchDeleteResponse): Buffer => Buffer.from(BatchDeleteResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): BatchDeleteResponse => BatchDeleteResponse.decode(value),
   },
+  /**
+   * Stats reports on this server and each shard: memgate's version, uptime
+   * and counters; per shard its address, whether it is up, its share of the
+   * keys and the backend's own figures (memcached's `stats`). Shards are
+   * asked concurrently, each within the server's backend timeout; a shard
+   * that does not answer is reported with up=false and an error instead of
+   * failing the call. The embedded store reports itself as one shard named
+   * "embedded". An operator's call: it asks every shard.
+   */
+  stats: {
+    path: "/memgate.v1.Cache/Stats" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: StatsRequest): Buffer => Buffer.from(StatsRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): StatsRequest => StatsRequest.decode(value),
+    responseSerialize: (value: StatsResponse): Buffer => Buffer.from(StatsResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): StatsResponse => StatsResponse.decode(value),
+  },
 } as const;
 
 export interface CacheServer extends UntypedServiceImplementation {
@@ -1386,6 +2570,16 @@ export interface CacheServer extends UntypedServiceImplementation {
    * the client closes its side, like BatchSetStream.
    */
   batchDeleteStream: handleClientStreamingCall<DeleteRequest, BatchDeleteResponse>;
+  /**
+   * Stats reports on this server and each shard: memgate's version, uptime
+   * and counters; per shard its address, whether it is up, its share of the
+   * keys and the backend's own figures (memcached's `stats`). Shards are
+   * asked concurrently, each within the server's backend timeout; a shard
+   * that does not answer is reported with up=false and an error instead of
+   * failing the call. The embedded store reports itself as one shard named
+   * "embedded". An operator's call: it asks every shard.
+   */
+  stats: handleUnaryCall<StatsRequest, StatsResponse>;
 }
 
 export interface CacheClient extends Client {
@@ -1562,6 +2756,30 @@ export interface CacheClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: BatchDeleteResponse) => void,
   ): ClientWritableStream<DeleteRequest>;
+  /**
+   * Stats reports on this server and each shard: memgate's version, uptime
+   * and counters; per shard its address, whether it is up, its share of the
+   * keys and the backend's own figures (memcached's `stats`). Shards are
+   * asked concurrently, each within the server's backend timeout; a shard
+   * that does not answer is reported with up=false and an error instead of
+   * failing the call. The embedded store reports itself as one shard named
+   * "embedded". An operator's call: it asks every shard.
+   */
+  stats(
+    request: StatsRequest,
+    callback: (error: ServiceError | null, response: StatsResponse) => void,
+  ): ClientUnaryCall;
+  stats(
+    request: StatsRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: StatsResponse) => void,
+  ): ClientUnaryCall;
+  stats(
+    request: StatsRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: StatsResponse) => void,
+  ): ClientUnaryCall;
 }
 
 export const CacheClient = makeGenericClientConstructor(CacheService, "memgate.v1.Cache") as unknown as {
@@ -1577,6 +2795,17 @@ export type DeepPartial<T> = T extends Builtin ? T
   : T extends ReadonlyArray<infer U> ? ReadonlyArray<DeepPartial<U>>
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 export interface MessageFns<T> {
   encode(message: T, writer?: BinaryWriter): BinaryWriter;
