@@ -195,6 +195,15 @@ async fn load_beyond_the_limit_is_shed_at_once() {
     };
     let (err, took) = shed.unwrap();
     assert!(err.message().contains("--max-concurrent-calls"), "{err}");
+    let details = tonic_types::StatusExt::get_error_details(&err);
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "OVERLOADED");
+    assert_eq!(info.metadata["limit"], "--max-concurrent-calls");
+    assert!(
+        details
+            .retry_info()
+            .is_some_and(|r| r.retry_delay.is_some())
+    );
     println!("shed in {took:?}");
     assert!(took < Duration::from_millis(500), "shedding took {took:?}");
     assert!(
@@ -223,6 +232,10 @@ async fn the_callers_deadline_wins() {
     let err = raw.get(req).await.unwrap_err();
     let took = started.elapsed();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let details = tonic_types::StatusExt::get_error_details(&err);
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "DEADLINE_EXCEEDED");
+    assert_eq!(info.metadata["deadline_ms"], "250");
     println!("deadline 250ms, answered in {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
 }

@@ -38,6 +38,10 @@ async fn an_oversized_request_is_resource_exhausted() {
         "{}",
         err.message()
     );
+    let details = tonic_types::StatusExt::get_error_details(&err);
+    assert_eq!(details.error_info().unwrap().reason, "REQUEST_TOO_LARGE");
+    // Waiting does not make it fit.
+    assert!(details.retry_info().is_none());
     // Still serving.
     mg.client.set("after", "ok", None).await.unwrap();
 }

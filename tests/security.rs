@@ -166,19 +166,16 @@ async fn bearer_tokens_guard_the_cache_but_not_the_probes() {
     let err = anonymous.get("k").await.unwrap_err();
     assert!(err.is_unauthenticated(), "{err}");
     assert!(err.to_string().contains("authorization: Bearer"), "{err}");
+    assert_eq!(err.reason().as_deref(), Some("CREDENTIALS_MISSING"));
 
     let wrong = Client::builder(target.clone())
         .bearer_token("not-the-token-at-all")
         .connect()
         .await
         .unwrap();
-    assert!(
-        wrong
-            .set("k", "v", None)
-            .await
-            .unwrap_err()
-            .is_unauthenticated()
-    );
+    let err = wrong.set("k", "v", None).await.unwrap_err();
+    assert!(err.is_unauthenticated(), "{err}");
+    assert_eq!(err.reason().as_deref(), Some("CREDENTIALS_REJECTED"));
 
     for token in [TOKEN_A, TOKEN_B] {
         let c = Client::builder(target.clone())

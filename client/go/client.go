@@ -18,6 +18,11 @@
 // caller's own context ended the call, the error also matches
 // context.DeadlineExceeded or context.Canceled with errors.Is.
 //
+// The server's errors also carry a stable reason (KEY_INVALID, SHARD_DOWN,
+// OVERLOADED, ...; cache.proto lists them), what failed (the shard, the
+// key, the request field) and how long to wait before retrying:
+// Reason(err) and Details(err) read them.
+//
 // A miss is not an error: Get reports found=false, BatchGet leaves the key
 // out of its map, Delete reports false.
 //

@@ -813,3 +813,31 @@ func TestConcurrentUse(t *testing.T) {
 		t.Fatalf("List after concurrent writes: %d keys (sorted %v), want 800", len(keys), sort.StringsAreSorted(keys))
 	}
 }
+
+func TestErrorDetails(t *testing.T) {
+	c, ctx, p := dial(t), ctxT(t), prefix(t)
+	_, _, err := c.Get(ctx, p+"a b")
+	wantCode(t, err, codes.InvalidArgument)
+	if got := memgate.Reason(err); got != "KEY_INVALID" {
+		t.Fatalf("Reason(err) = %q, want KEY_INVALID (err: %v)", got, err)
+	}
+	_, err = c.BatchGet(ctx, []string{p + "ok", p + "ok2", ""})
+	d, ok := memgate.Details(err)
+	if !ok {
+		t.Fatalf("no details on %v", err)
+	}
+	if d.Reason != "KEY_INVALID" || d.Metadata["field"] != "keys[2]" {
+		t.Fatalf("details = %+v, want KEY_INVALID at keys[2]", d)
+	}
+	if len(d.FieldViolations) != 1 || d.FieldViolations[0].Field != "keys[2]" ||
+		!strings.Contains(d.FieldViolations[0].Description, "empty") {
+		t.Fatalf("field violations = %+v", d.FieldViolations)
+	}
+	if d.HasRetryDelay {
+		t.Fatalf("an invalid key got a retry delay: %+v", d)
+	}
+	// The client's own errors carry no server details.
+	if _, ok := memgate.Details(c.Set(ctx, p+"neg", nil, memgate.WithTTL(-time.Second))); ok {
+		t.Fatal("details on a client-side error")
+	}
+}

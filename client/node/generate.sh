@@ -2,6 +2,10 @@
 # Regenerates the TypeScript code in src/gen/ from the .proto files:
 #   memgate/v1/cache.proto      from the repository's proto/ (the contract)
 #   grpc/health/v1/health.proto from client/node/proto/ (the standard file)
+#   google/rpc/status.proto and google/rpc/error_details.proto from
+#                               client/node/proto/ (the error details the
+#                               server sends; google/protobuf/{any,duration}
+#                               come from protoc's own include directory)
 #
 # Uses Debian's protoc (/usr/bin/protoc, or $PROTOC) and the ts-proto plugin
 # pinned in package.json's devDependencies (run `npm ci` first). The output
@@ -39,4 +43,5 @@ mkdir -p "$out"
   --ts_proto_out="$out" \
   --ts_proto_opt="$opt" \
   -I "$repo_proto" -I "$here/proto" \
-  memgate/v1/cache.proto grpc/health/v1/health.proto
+  memgate/v1/cache.proto grpc/health/v1/health.proto \
+  google/rpc/status.proto google/rpc/error_details.proto

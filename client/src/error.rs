@@ -1,6 +1,15 @@
-//! The client's one error type: it keeps the gRPC status of a failed call.
+//! The client's one error type: it keeps the gRPC status of a failed call,
+//! and with it the `google.rpc` details memgate sends: the stable reason
+//! (`KEY_INVALID`, `SHARD_DOWN`, ...; the list is in `cache.proto`), the
+//! field that broke a rule, and how long to wait before retrying.
+
+use std::time::Duration;
 
 use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of memgate's errors.
+pub const ERROR_DOMAIN: &str = "memgate.v1";
 
 /// A failed memgate call.
 #[derive(Debug, thiserror::Error)]
@@ -63,5 +72,33 @@ impl Error {
     /// The server refused the credentials.
     pub fn is_unauthenticated(&self) -> bool {
         self.code() == Code::Unauthenticated
+    }
+
+    /// The `google.rpc` details of the server's status (empty for errors
+    /// that did not come from the server, or from a server that sent none).
+    pub fn details(&self) -> ErrorDetails {
+        match self {
+            Error::Status(s) => s.get_error_details(),
+            _ => ErrorDetails::new(),
+        }
+    }
+
+    /// The server's stable reason for the error (`ErrorInfo.reason`, e.g.
+    /// `KEY_INVALID`, `SHARD_DOWN`, `OVERLOADED`; `cache.proto` lists them).
+    pub fn reason(&self) -> Option<String> {
+        let info = self.details().error_info()?.clone();
+        (info.domain == ERROR_DOMAIN).then_some(info.reason)
+    }
+
+    /// One entry of the error's `ErrorInfo.metadata`, e.g. `shard` (the
+    /// shard's address), `key` or `field`.
+    pub fn metadata(&self, name: &str) -> Option<String> {
+        self.details().error_info()?.metadata.get(name).cloned()
+    }
+
+    /// How long the server asks the client to wait before retrying
+    /// (`RetryInfo`, sent with UNAVAILABLE and overload).
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.details().retry_info()?.retry_delay
     }
 }

@@ -35,10 +35,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Request, Status};
 use tonic_health::pb::health_client::HealthClient;
 
-pub use error::Error;
+pub use error::{ERROR_DOMAIN, Error};
 pub use memgate_api::v1;
 pub use retry::RetryPolicy;
 pub use tonic_health::ServingStatus;
+pub use tonic_types::ErrorDetails;
 
 /// Default deadline of one unary call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -11,6 +11,8 @@ use subtle::ConstantTimeEq;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
+use crate::error::{AuthError, Error};
+
 /// The accepted tokens. `Debug` never prints them.
 #[derive(Clone, Default)]
 pub struct Tokens(Arc<Vec<Vec<u8>>>);
@@ -71,23 +73,19 @@ impl Interceptor for Auth {
             return Ok(req);
         };
         let Some(header) = req.metadata().get("authorization").map(|v| v.as_bytes()) else {
-            return Err(Status::unauthenticated(
-                "missing credentials: send the header `authorization: Bearer <token>`",
-            ));
+            return Err(Error::Unauthenticated(AuthError::Missing).into());
         };
         // The scheme is case-insensitive (RFC 6750).
         let token = match header.split_at_checked(7) {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case(b"bearer ") => token,
             _ => {
-                return Err(Status::unauthenticated(
-                    "unsupported credentials: send `authorization: Bearer <token>`",
-                ));
+                return Err(Error::Unauthenticated(AuthError::Unsupported).into());
             }
         };
         if tokens.accepts(token) {
             Ok(req)
         } else {
-            Err(Status::unauthenticated("the bearer token is not accepted"))
+            Err(Error::Unauthenticated(AuthError::Rejected).into())
         }
     }
 }

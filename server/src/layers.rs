@@ -17,6 +17,7 @@ use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
 
+use crate::error::Error;
 use crate::metrics::Counter;
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -67,19 +68,15 @@ where
             .headers()
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(answer_by);
+            .and_then(parse_grpc_timeout);
         let fut = self.inner.call(req);
         Box::pin(async move {
             let Some(deadline) = deadline else {
                 return fut.await;
             };
-            match tokio::time::timeout(deadline, fut).await {
+            match tokio::time::timeout(answer_by(deadline), fut).await {
                 Ok(r) => r,
-                Err(_) => Ok(Status::deadline_exceeded(
-                    "the call's deadline (grpc-timeout) expired before memgate could answer",
-                )
-                .into_http()),
+                Err(_) => Ok(Status::from(Error::DeadlineExceeded { deadline }).into_http()),
             }
         })
     }
@@ -187,10 +184,7 @@ where
             }
             Err(_) => {
                 self.shed.inc();
-                let status = Status::resource_exhausted(format!(
-                    "memgate is at its limit of {} concurrent calls (--max-concurrent-calls); retry with backoff",
-                    self.max
-                ));
+                let status = Status::from(Error::TooManyCalls { max: self.max });
                 Box::pin(async move { Ok(status.into_http()) })
             }
         }
@@ -317,12 +311,13 @@ pub fn oversized_request_status(resp: http::Response<Body>) -> http::Response<Bo
     match Status::from_header_map(resp.headers()) {
         Some(status)
             if status.code() == tonic::Code::OutOfRange
-                && status.message().contains("decoded message length too large") =>
+                && status
+                    .message()
+                    .contains("decoded message length too large") =>
         {
-            Status::resource_exhausted(format!(
-                "request too large: {}; the limit is --max-message-bytes: send smaller batches or use a streaming RPC",
-                status.message().trim_start_matches("Error, ")
-            ))
+            Status::from(Error::RequestTooLarge {
+                detail: status.message().trim_start_matches("Error, ").to_owned(),
+            })
             .into_http()
         }
         _ => resp,

@@ -174,11 +174,14 @@ async fn serve<S: Store>(
         let v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(memgate_api::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.ErrorInfo and friends: grpcurl decodes error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
             .expect("embedded descriptor sets are valid");
         let v1alpha = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(memgate_api::v1::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()
             .expect("embedded descriptor sets are valid");
         (Some(v1), Some(v1alpha))

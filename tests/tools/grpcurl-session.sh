@@ -48,6 +48,9 @@ out=$(grpcurl -plaintext -d '{"key": "bad key"}' "$t" memgate.v1.Cache/Get 2>&1)
 set -e
 [ "$code" -ne 0 ] && grep -q "InvalidArgument" <<<"$out" || fail "bad key gave exit $code: $out"
 ok "grpcurl sees InvalidArgument for a key with a space"
+# The details' types come through reflection too, so grpcurl decodes them.
+grep -q '"reason": "KEY_INVALID"' <<<"$out" && grep -q '"field": "key"' <<<"$out" || fail "bad key details not decoded: $out"
+ok "grpcurl decodes the error details (ErrorInfo KEY_INVALID, BadRequest field key)"
 
 out=$(grpcurl -plaintext -d '{"service": "memgate.v1.Cache"}' "$t" grpc.health.v1.Health/Check)
 grep -q SERVING <<<"$out" || fail "health via grpcurl: $out"

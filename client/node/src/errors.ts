@@ -1,5 +1,71 @@
 import { type Metadata, type ServiceError, status as Status } from "@grpc/grpc-js";
 
+import { BadRequest, ErrorInfo, RetryInfo } from "./gen/google/rpc/error_details";
+import { Status as RpcStatus } from "./gen/google/rpc/status";
+
+/** The `ErrorInfo.domain` of memgate's errors. */
+export const ERROR_DOMAIN = "memgate.v1";
+
+/** A request field that broke a rule (from `google.rpc.BadRequest`). */
+export interface FieldViolation {
+  /** The field's path, e.g. `key`, `keys[3]`, `items[2].value`. */
+  field: string;
+  /** The rule it breaks, e.g. "key must not be empty". */
+  description: string;
+}
+
+/** What the server's `google.rpc.Status` details say about an error. */
+export interface ErrorDetails {
+  /** `ErrorInfo.reason` (memgate's domain only). */
+  reason?: string;
+  /** `ErrorInfo.metadata`. */
+  errorMetadata: Record<string, string>;
+  /** `RetryInfo.retry_delay`, in milliseconds. */
+  retryDelayMs?: number;
+  /** `BadRequest.field_violations`. */
+  fieldViolations: FieldViolation[];
+}
+
+const DETAILS_KEY = "grpc-status-details-bin";
+const TYPE_PREFIX = "type.googleapis.com/";
+
+/**
+ * Decodes the `grpc-status-details-bin` trailer (a `google.rpc.Status`) of a
+ * failed call. Details only add to the code and message, so a trailer that
+ * is missing or does not decode gives empty details rather than an error.
+ */
+export function decodeErrorDetails(metadata: Metadata | undefined): ErrorDetails {
+  const out: ErrorDetails = { errorMetadata: {}, fieldViolations: [] };
+  const raw = metadata?.get(DETAILS_KEY)[0];
+  if (!(raw instanceof Buffer)) return out;
+  try {
+    for (const any of RpcStatus.decode(raw).details) {
+      switch (any.typeUrl) {
+        case `${TYPE_PREFIX}google.rpc.ErrorInfo`: {
+          const info = ErrorInfo.decode(any.value);
+          if (info.domain !== ERROR_DOMAIN) break;
+          out.reason = info.reason;
+          out.errorMetadata = { ...info.metadata };
+          break;
+        }
+        case `${TYPE_PREFIX}google.rpc.RetryInfo`: {
+          const delay = RetryInfo.decode(any.value).retryDelay;
+          if (delay !== undefined) out.retryDelayMs = delay.seconds * 1000 + delay.nanos / 1e6;
+          break;
+        }
+        case `${TYPE_PREFIX}google.rpc.BadRequest`:
+          for (const v of BadRequest.decode(any.value).fieldViolations) {
+            out.fieldViolations.push({ field: v.field, description: v.description });
+          }
+          break;
+      }
+    }
+  } catch {
+    return { errorMetadata: {}, fieldViolations: [] };
+  }
+  return out;
+}
+
 /** A key that failed inside a batch or stream, with the server's reason. */
 export interface KeyError {
   /** The key that failed. */
@@ -49,6 +115,23 @@ export class MemgateError extends Error {
   readonly metadata?: Metadata;
   /** Per-key failures of a batch call, each with its code; empty for whole-call failures. */
   readonly keyErrors: readonly KeyError[];
+  /**
+   * The server's stable reason (its `google.rpc.ErrorInfo`): `KEY_INVALID`,
+   * `VALUE_TOO_LARGE`, `TOO_MANY_KEYS`, `SHARD_UNAVAILABLE`, `SHARD_DOWN`,
+   * `SHARD_TIMEOUT`, `OVERLOADED`, ... (`proto/memgate/v1/cache.proto` lists
+   * them all). Undefined when the server sent none (the client's own
+   * errors, an unreachable server, per-key failures).
+   */
+  readonly reason?: string;
+  /** What failed, from the same ErrorInfo: `shard` (address), `key`, `field`, `limit`, ... */
+  readonly errorMetadata: Readonly<Record<string, string>>;
+  /**
+   * How long the server asks to wait before retrying, in milliseconds
+   * (`google.rpc.RetryInfo`, sent with UNAVAILABLE and when overloaded).
+   */
+  readonly retryDelayMs?: number;
+  /** For INVALID_ARGUMENT: the request fields that broke a rule (`google.rpc.BadRequest`). */
+  readonly fieldViolations: readonly FieldViolation[];
 
   constructor(
     code: number,
@@ -61,6 +144,11 @@ export class MemgateError extends Error {
     this.details = details;
     if (options.metadata !== undefined) this.metadata = options.metadata;
     this.keyErrors = options.keyErrors ?? [];
+    const d = decodeErrorDetails(options.metadata);
+    if (d.reason !== undefined) this.reason = d.reason;
+    this.errorMetadata = d.errorMetadata;
+    if (d.retryDelayMs !== undefined) this.retryDelayMs = d.retryDelayMs;
+    this.fieldViolations = d.fieldViolations;
   }
 
   /** The status code's name, e.g. "INVALID_ARGUMENT". */

@@ -24,7 +24,16 @@ export {
   type SetStreamResult,
   type Value,
 } from "./client";
-export { codeName, MemgateError, Status, type KeyError } from "./errors";
+export {
+  codeName,
+  decodeErrorDetails,
+  ERROR_DOMAIN,
+  MemgateError,
+  Status,
+  type ErrorDetails,
+  type FieldViolation,
+  type KeyError,
+} from "./errors";
 
 /**
  * From the client's own copy of @grpc/grpc-js: build credentials with this

@@ -160,3 +160,35 @@ describe("MemgateError", () => {
     assert.equal(new MemgateError(99, "odd").codeName, "CODE_99");
   });
 });
+
+describe("errors carry the server's reason (google.rpc details)", () => {
+  test("an invalid key is KEY_INVALID, naming the field and the rule", async () => {
+    await assert.rejects(c.get("a b"), (err) => {
+      assert.ok(err instanceof MemgateError);
+      assert.equal(err.reason, "KEY_INVALID");
+      assert.equal(err.errorMetadata.field, "key");
+      assert.equal(err.errorMetadata.key, "a b");
+      assert.equal(err.fieldViolations.length, 1);
+      assert.equal(err.fieldViolations[0].field, "key");
+      assert.match(err.fieldViolations[0].description, /spaces/);
+      assert.equal(err.retryDelayMs, undefined);
+      return true;
+    });
+    await assert.rejects(c.getMany(["fine", ""]), (err) => {
+      assert.ok(err instanceof MemgateError);
+      assert.equal(err.reason, "KEY_INVALID");
+      assert.deepEqual(err.fieldViolations, [{ field: "keys[1]", description: "key must not be empty" }]);
+      return true;
+    });
+  });
+
+  test("the client's own errors have no reason", async () => {
+    await assert.rejects(c.set("k", "v", { ttlSeconds: -1 }), (err) => {
+      assert.ok(err instanceof MemgateError);
+      assert.equal(err.code, Status.INVALID_ARGUMENT);
+      assert.equal(err.reason, undefined);
+      assert.deepEqual(err.fieldViolations, []);
+      return true;
+    });
+  });
+});

@@ -64,6 +64,11 @@ def test_invalid_key_is_invalid_argument(target: str) -> None:
             with pytest.raises(memgate.MemgateError) as excinfo:
                 await call
             assert excinfo.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert excinfo.value.reason == "KEY_INVALID"
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await c.get_many(["ok", "a\r\nb"])
+        assert excinfo.value.metadata["field"] == "keys[1]"
+        assert list(excinfo.value.field_violations) == ["keys[1]"]
 
     run(target, test)
 

@@ -122,6 +122,20 @@ def test_error_text_names_code_and_rule(client: memgate.Client) -> None:
     assert excinfo.value.key_error_codes == {}
 
 
+def test_error_carries_the_servers_reason_and_field(client: memgate.Client, prefix: str) -> None:
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.get(prefix + "has space")
+    err = excinfo.value
+    assert err.reason == "KEY_INVALID"
+    assert err.metadata["field"] == "key"
+    assert "spaces" in err.field_violations["key"]
+    assert err.retry_delay is None  # a bad key never gets better
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.set_many({prefix + "ok": b"v", prefix + "big": b"x" * (2 << 20)})
+    assert excinfo.value.reason == "VALUE_TOO_LARGE"
+    assert excinfo.value.metadata["key"] == prefix + "big"
+
+
 def test_key_error_codes_line_up_with_key_errors() -> None:
     # A key without a code (or with 0, from a server older than the code
     # fields) is UNKNOWN, so key_error_codes always has key_errors' keys.
@@ -525,6 +539,9 @@ def test_unreachable_server_is_unavailable() -> None:
         with pytest.raises(memgate.MemgateError) as excinfo:
             client.get("k")
         assert excinfo.value.code == grpc.StatusCode.UNAVAILABLE
+        # No server, no reason.
+        assert excinfo.value.reason is None
+        assert excinfo.value.retry_delay is None
         with pytest.raises(memgate.MemgateError) as excinfo:
             client.set_stream([("k", b"v")])
         assert excinfo.value.code == grpc.StatusCode.UNAVAILABLE

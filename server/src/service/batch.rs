@@ -5,7 +5,7 @@
 use memgate_api::v1 as pb;
 
 use super::CacheService;
-use crate::error::Error;
+use crate::error::{Error, Field};
 use crate::metrics::HitMiss;
 use crate::store::Store;
 
@@ -78,7 +78,7 @@ impl<S: Store> CacheService<S> {
         &self,
         req: pb::BatchSetRequest,
     ) -> Result<pb::BatchSetResponse, Error> {
-        self.check_batch(req.items.len())?;
+        self.check_batch(req.items.len(), "items")?;
         self.metrics
             .cache
             .batch_set_keys
@@ -86,7 +86,8 @@ impl<S: Store> CacheService<S> {
         let items = req
             .items
             .into_iter()
-            .map(|i| self.item(i))
+            .enumerate()
+            .map(|(i, item)| self.item(item, Field::Items(i)))
             .collect::<Result<Vec<_>, _>>()?;
         let keys: Vec<String> = items.iter().map(|i| i.key.to_string()).collect();
         let outcomes = self.store.set_many(items).await;

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::Limits;
-use crate::error::Error;
+use crate::error::{Error, Field};
 use crate::key::{Key, Ttl};
 use crate::metrics::Metrics;
 use crate::store::budget::{ByteBudget, Reservation};
@@ -71,18 +71,24 @@ impl<S: Store> CacheService<S> {
         Arc::new(self.budget.reserve(self.limits.max_message_bytes))
     }
 
-    fn key(&self, raw: String) -> Result<Key, Error> {
-        Key::parse(raw.as_str()).map_err(|e| Error::invalid_key(&raw, e))
+    /// Validates the key at `field` of the request.
+    fn key(&self, raw: String, field: Field) -> Result<Key, Error> {
+        Key::parse(raw.as_str()).map_err(|e| Error::invalid_key(field, &raw, e))
     }
 
     fn keys(&self, raw: Vec<String>) -> Result<Vec<Key>, Error> {
-        self.check_batch(raw.len())?;
-        raw.into_iter().map(|k| self.key(k)).collect()
+        self.check_batch(raw.len(), "keys")?;
+        raw.into_iter()
+            .enumerate()
+            .map(|(i, k)| self.key(k, Field::Keys(i)))
+            .collect()
     }
 
-    fn check_batch(&self, count: usize) -> Result<(), Error> {
+    /// Checks the length of the repeated `field` of a batch.
+    fn check_batch(&self, count: usize, field: &'static str) -> Result<(), Error> {
         if count > self.limits.max_batch_keys {
             return Err(Error::TooManyKeys {
+                field,
                 count,
                 max: self.limits.max_batch_keys,
             });
@@ -90,12 +96,14 @@ impl<S: Store> CacheService<S> {
         Ok(())
     }
 
-    /// Validates a write: key rules, value size for the owning shard, TTL.
-    fn item(&self, req: pb::SetRequest) -> Result<Item, Error> {
-        let key = self.key(req.key)?;
+    /// Validates a write at `field` of the request: key rules, value size
+    /// for the owning shard, TTL.
+    fn item(&self, req: pb::SetRequest, field: Field) -> Result<Item, Error> {
+        let key = self.key(req.key, field)?;
         let (max, limit) = self.store.max_value_len(&key);
         if req.value.len() > max {
             return Err(Error::ValueTooLarge {
+                field,
                 key: crate::error::shorten(key.as_str()),
                 len: req.value.len(),
                 max,

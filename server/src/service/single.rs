@@ -3,12 +3,12 @@
 use memgate_api::v1 as pb;
 
 use super::CacheService;
-use crate::error::Error;
+use crate::error::{Error, Field};
 use crate::store::Store;
 
 impl<S: Store> CacheService<S> {
     pub(super) async fn get_one(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Error> {
-        let key = self.key(req.key)?;
+        let key = self.key(req.key, Field::Single)?;
         // Held until the response is built; the value is charged to it.
         let budget = self.reservation();
         let value = self.store.get(&key, &budget).await?;
@@ -20,7 +20,7 @@ impl<S: Store> CacheService<S> {
     }
 
     pub(super) async fn set_one(&self, req: pb::SetRequest) -> Result<pb::SetResponse, Error> {
-        let item = self.item(req)?;
+        let item = self.item(req, Field::Single)?;
         self.store.set(item).await?;
         Ok(pb::SetResponse {})
     }
@@ -29,7 +29,7 @@ impl<S: Store> CacheService<S> {
         &self,
         req: pb::DeleteRequest,
     ) -> Result<pb::DeleteResponse, Error> {
-        let key = self.key(req.key)?;
+        let key = self.key(req.key, Field::Single)?;
         let deleted = self.store.delete(&key).await?;
         Ok(pb::DeleteResponse { deleted })
     }

@@ -31,7 +31,7 @@ use tonic::{Status, Streaming};
 use super::batch::key_error;
 use super::{BoxStream, CacheService};
 use crate::drain::{Prefer, end_on_drain};
-use crate::error::Error;
+use crate::error::{Error, Field};
 use crate::key::Key;
 use crate::store::Store;
 use crate::store::budget::Reservation;
@@ -112,7 +112,7 @@ impl<S: Store> CacheService<S> {
                             let _ = tx.send((Err(status), None));
                             return;
                         }
-                        Ok(req) => match service.key(req.key.clone()) {
+                        Ok(req) => match service.key(req.key.clone(), Field::Single) {
                             Ok(k) => {
                                 slots.push(None);
                                 keys.push(k);
@@ -219,7 +219,7 @@ impl<S: Store> CacheService<S> {
             for msg in chunk {
                 let req = msg?;
                 let key = req.key.clone();
-                match self.item(req) {
+                match self.item(req, Field::Single) {
                     Ok(item) => items.push(item),
                     Err(e) => push_error(&mut resp.errors, key_error(key, &e)),
                 }
@@ -257,7 +257,7 @@ impl<S: Store> CacheService<S> {
             let mut keys = Vec::with_capacity(chunk.len());
             for msg in chunk {
                 let req = msg?;
-                match self.key(req.key.clone()) {
+                match self.key(req.key.clone(), Field::Single) {
                     Ok(k) => keys.push(k),
                     Err(e) => push_error(&mut resp.errors, key_error(req.key, &e)),
                 }

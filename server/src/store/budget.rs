@@ -92,6 +92,7 @@ impl From<Overflow> for Error {
                 what: format!(
                     "the server's {max} bytes for values in flight (--max-inflight-bytes) are in use by other calls"
                 ),
+                limit: "--max-inflight-bytes",
             },
         }
     }

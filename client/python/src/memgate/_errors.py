@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import grpc
+import google.rpc.error_details_pb2 as error_details_pb2
+import google.rpc.status_pb2 as status_pb2
+
+# The ErrorInfo domain of memgate's errors.
+ERROR_DOMAIN = "memgate.v1"
+
+# The trailer in which a server sends google.rpc.Status with the details.
+_DETAILS_KEY = "grpc-status-details-bin"
 
 # How many per-key messages are spelled out in an error's text; all of them
 # are in MemgateError.key_errors.
@@ -50,12 +58,30 @@ class MemgateError(Exception):
             for an invalid key in a stream); the same keys as ``key_errors``.
             ``UNKNOWN`` for a key whose server sent no code (one older than
             the ``code`` fields). Empty when ``key_errors`` is.
+        reason: the server's stable reason (its ``google.rpc.ErrorInfo``):
+            ``KEY_INVALID``, ``VALUE_TOO_LARGE``, ``TOO_MANY_KEYS``,
+            ``SHARD_UNAVAILABLE``, ``SHARD_DOWN``, ``SHARD_TIMEOUT``,
+            ``OVERLOADED``, ... (``proto/memgate/v1/cache.proto`` lists them
+            all). ``None`` for errors the server sent no reason with (the
+            client's own, connection failures, per-key failures).
+        metadata: what failed, from the same ErrorInfo: ``shard`` (its
+            address), ``key``, ``field``, ``limit`` (the server flag), ...
+        retry_delay: seconds the server asks to wait before retrying (its
+            ``google.rpc.RetryInfo``, sent with ``UNAVAILABLE`` and when it
+            is overloaded), or ``None``.
+        field_violations: for ``INVALID_ARGUMENT``, the request fields that
+            broke a rule (``google.rpc.BadRequest``), e.g.
+            ``{"keys[3]": "key must not be empty"}``.
     """
 
     code: grpc.StatusCode
     details: str
     key_errors: Dict[str, str]
     key_error_codes: Dict[str, grpc.StatusCode]
+    reason: Optional[str]
+    metadata: Dict[str, str]
+    retry_delay: Optional[float]
+    field_violations: Dict[str, str]
 
     def __init__(
         self,
@@ -63,6 +89,11 @@ class MemgateError(Exception):
         details: str,
         key_errors: Optional[Mapping[str, str]] = None,
         key_error_codes: Optional[Mapping[str, grpc.StatusCode]] = None,
+        *,
+        reason: Optional[str] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+        retry_delay: Optional[float] = None,
+        field_violations: Optional[Mapping[str, str]] = None,
     ) -> None:
         super().__init__(code, details)
         self.code = code
@@ -73,6 +104,10 @@ class MemgateError(Exception):
         self.key_error_codes = {
             key: codes.get(key, grpc.StatusCode.UNKNOWN) for key in self.key_errors
         }
+        self.reason = reason
+        self.metadata = dict(metadata or {})
+        self.retry_delay = retry_delay
+        self.field_violations = dict(field_violations or {})
 
     def __str__(self) -> str:
         return f"{self.code.name}: {self.details}"
@@ -84,9 +119,15 @@ class MemgateError(Exception):
         # (sync _InactiveRpcError/_Rendezvous, grpc.aio.AioRpcError) all do.
         code_fn = getattr(error, "code", None)
         details_fn = getattr(error, "details", None)
+        trailers_fn = getattr(error, "trailing_metadata", None)
         code = code_fn() if callable(code_fn) else None
         details = details_fn() if callable(details_fn) else None
-        return cls(code or grpc.StatusCode.UNKNOWN, details or str(error))
+        trailers = trailers_fn() if callable(trailers_fn) else None
+        return cls(
+            code or grpc.StatusCode.UNKNOWN,
+            details or str(error),
+            **_status_details(trailers),
+        )
 
     @classmethod
     def for_keys(
@@ -102,3 +143,36 @@ class MemgateError(Exception):
         if more > 0:
             text += f"; and {more} more (see .key_errors)"
         return cls(grpc.StatusCode.UNKNOWN, text, key_errors, key_error_codes)
+
+
+def _status_details(trailers: Optional[Iterable[Tuple[str, Any]]]) -> Dict[str, Any]:
+    """The keyword arguments of MemgateError for the ``google.rpc.Status``
+    a server sent in ``grpc-status-details-bin``: its ErrorInfo (when it is
+    memgate's), RetryInfo and BadRequest. Empty when there is none or it
+    does not decode: the code and message are what count, details only add.
+    """
+    # The sync API gives a tuple of pairs, the asyncio one a grpc.aio.Metadata
+    # that iterates as pairs too.
+    raw = next((v for k, v in trailers or () if k == _DETAILS_KEY), None)
+    if not isinstance(raw, bytes):
+        return {}
+    status = status_pb2.Status()
+    try:
+        status.ParseFromString(raw)
+    except Exception:  # a malformed trailer must not hide the error itself
+        return {}
+    out: Dict[str, Any] = {}
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        retry = error_details_pb2.RetryInfo()
+        bad = error_details_pb2.BadRequest()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            if info.domain == ERROR_DOMAIN:
+                out["reason"] = info.reason
+                out["metadata"] = dict(info.metadata)
+        elif detail.Is(retry.DESCRIPTOR) and detail.Unpack(retry):
+            if retry.HasField("retry_delay"):
+                out["retry_delay"] = retry.retry_delay.ToTimedelta().total_seconds()
+        elif detail.Is(bad.DESCRIPTOR) and detail.Unpack(bad):
+            out["field_violations"] = {v.field: v.description for v in bad.field_violations}
+    return out

@@ -201,6 +201,10 @@ impl Shard {
             addr: self.addr.clone(),
             failures: e.consecutive_failures,
             down_for: now.duration_since(since),
+            retry_in: self
+                .settings
+                .retry_timeout
+                .saturating_sub(now.duration_since(last)),
         })
     }
 

@@ -2360,8 +2360,47 @@ export const ShardCounters: MessageFns<ShardCounters> = {
  *   INVALID_ARGUMENT   a key, value, TTL or batch breaks a rule; the message names it
  *   UNAVAILABLE        the shard owning the key cannot be reached (retry is safe for reads)
  *   DEADLINE_EXCEEDED  the shard did not answer within the server's backend timeout
- *   RESOURCE_EXHAUSTED a request is larger than the server accepts
+ *   RESOURCE_EXHAUSTED a request or response is larger than the server accepts,
+ *                      or the server is at its load limits
+ *   UNAUTHENTICATED    tokens are required and the call has none or a wrong one
  *   INTERNAL           memcached answered with an error the server did not expect
+ *
+ * Error details: every error status the server sends carries a
+ * google.rpc.Status in the `grpc-status-details-bin` trailer with
+ *   - google.rpc.ErrorInfo: domain "memgate.v1", a stable `reason` (below)
+ *     and metadata naming what failed: `shard` (address), `key`, `field`,
+ *     `limit` (the flag that sets the limit), `max`, `max_bytes`, `size`;
+ *   - google.rpc.BadRequest on INVALID_ARGUMENT: one field violation whose
+ *     `field` is the path of the offending field (`key`, `value`,
+ *     `keys[3]`, `items[2].key`, `items[2].value`, `keys`, `items`) and
+ *     whose `description` is the rule it breaks;
+ *   - google.rpc.RetryInfo on UNAVAILABLE, and on RESOURCE_EXHAUSTED when
+ *     the server is overloaded: how long to wait before retrying.
+ * Program against `reason`, not the message text. The reasons (a new one
+ * may be added; an existing one never changes meaning):
+ *   KEY_INVALID             INVALID_ARGUMENT   a key breaks the key rules (metadata: key, field)
+ *   VALUE_TOO_LARGE         INVALID_ARGUMENT   a value is over the limit for its key's shard
+ *                                              (key, field, size, max_bytes, limit)
+ *   TOO_MANY_KEYS           INVALID_ARGUMENT   a batch is over --max-batch-keys (field, count, max)
+ *   REQUEST_TOO_LARGE       RESOURCE_EXHAUSTED the request is over --max-message-bytes
+ *   RESPONSE_TOO_LARGE      RESOURCE_EXHAUSTED the response would be over --max-message-bytes
+ *                                              (size, max_bytes): ask for fewer keys per call
+ *   OVERLOADED              RESOURCE_EXHAUSTED shed at --max-concurrent-calls or
+ *                                              --max-inflight-bytes (limit); retry after RetryInfo
+ *   SHARD_UNAVAILABLE       UNAVAILABLE        the key's shard cannot be reached (shard)
+ *   SHARD_DOWN              UNAVAILABLE        the key's shard is marked down after repeated
+ *                                              failures (shard, failures); RetryInfo is the time
+ *                                              until the server next tries it
+ *   SHARD_TIMEOUT           DEADLINE_EXCEEDED  the key's shard did not answer in time (shard, timeout_ms)
+ *   SHARD_ERROR             INTERNAL           the key's shard answered with an error (shard)
+ *   LIST_BUSY               UNAVAILABLE        List: a shard's key dump stayed busy (shard, waited_ms)
+ *   SHUTTING_DOWN           UNAVAILABLE        the server is shutting down: retry on another replica
+ *   DEADLINE_EXCEEDED       DEADLINE_EXCEEDED  the call's own deadline passed (deadline_ms)
+ *   CREDENTIALS_MISSING     UNAUTHENTICATED    no `authorization` header
+ *   CREDENTIALS_UNSUPPORTED UNAUTHENTICATED    `authorization` is not `Bearer <token>`
+ *   CREDENTIALS_REJECTED    UNAUTHENTICATED    the bearer token is not accepted
+ * Per-key failures inside a batch or stream response (GetResult.error,
+ * KeyError) carry the code and message only.
  */
 export type CacheService = typeof CacheService;
 export const CacheService = {
