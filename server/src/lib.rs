@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod key;
 pub mod layers;
+pub mod membership;
 pub mod metrics;
 pub mod service;
 pub mod store;
