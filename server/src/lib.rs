@@ -60,6 +60,9 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The memcached pool's membership source could not be followed.
+    #[error("{0}")]
+    Membership(String),
     /// The gRPC server failed.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
@@ -114,11 +117,18 @@ pub async fn run_with_metrics(
             Ok(serve(listener, Arc::new(store), config, metrics, shutdown).await?)
         }
         Backend::Memcached {
-            shards,
+            members,
             pool,
             on_down,
             placement,
         } => {
+            // Live membership (--memcached-file, --memcached-srv) is wired
+            // into the store separately; until then only the fixed list serves.
+            let crate::membership::Source::Static(shards) = members else {
+                return Err(ServeError::Membership(format!(
+                    "{members:?}: live pool membership is not served yet"
+                )));
+            };
             let store = ShardedStore::new(
                 shards,
                 pool.clone(),
