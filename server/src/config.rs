@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::auth::Tokens;
+use crate::membership::Source;
 use crate::store::memcached::OnShardDown;
 use crate::store::memcached::ketama::KeyHash;
 use crate::store::memcached::ring::{Distribution, Placement, ShardSpec};
@@ -44,6 +45,28 @@ pub struct Cli {
     /// spread over them by consistent hashing. Empty: the embedded store.
     #[arg(long, env = "MEMGATE_MEMCACHED", value_delimiter = ',', num_args = 0..)]
     pub memcached: Vec<String>,
+
+    /// memcached servers from a file, one `host:port[:weight]` per line
+    /// (`#` comments). Re-read when it changes, on SIGHUP and every
+    /// --discovery-interval; a bad update keeps the current servers.
+    #[arg(long, env = "MEMGATE_MEMCACHED_FILE", conflicts_with_all = ["memcached", "memcached_srv"])]
+    pub memcached_file: Option<PathBuf>,
+
+    /// memcached servers from the DNS SRV records of this name (e.g. a
+    /// Kubernetes headless Service), resolved every --discovery-interval.
+    /// Members are named by the records' target hostnames.
+    #[arg(long, env = "MEMGATE_MEMCACHED_SRV", conflicts_with = "memcached")]
+    pub memcached_srv: Option<String>,
+
+    /// How often --memcached-srv is resolved and --memcached-file re-read
+    /// (the file is also re-read as soon as it changes).
+    #[arg(long, env = "MEMGATE_DISCOVERY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub discovery_interval: Duration,
+
+    /// The DNS server --memcached-srv asks (`ip[:port]`, port 53 by
+    /// default) instead of the system's: for tests and special setups.
+    #[arg(long, env = "MEMGATE_DNS_SERVER", requires = "memcached_srv")]
+    pub dns_server: Option<String>,
 
     /// TTL in seconds for Sets that give none (0: never expires).
     #[arg(long, env = "MEMGATE_DEFAULT_TTL", default_value_t = 0)]
@@ -270,8 +293,9 @@ pub enum Backend {
     },
     /// A memcached pool.
     Memcached {
-        /// The servers.
-        shards: Vec<ShardSpec>,
+        /// Where the servers come from: the fixed `--memcached` list, a
+        /// file or DNS SRV records (see [`crate::membership::watch`]).
+        members: Source,
         /// How connections are made.
         pool: PoolSettings,
         /// What happens to a down shard's keys.
@@ -399,6 +423,7 @@ impl TryFrom<Cli> for Config {
         if !cli.memcached.is_empty() && shards.is_empty() {
             return Err("--memcached was given but names no server".to_owned());
         }
+        let members = membership_source(&cli, shards)?;
         if cli.max_value_bytes == 0 {
             return Err("--max-value-bytes must be at least 1".to_owned());
         }
@@ -470,13 +495,12 @@ impl TryFrom<Cli> for Config {
             tls,
             tokens,
         };
-        let backend = if shards.is_empty() {
-            Backend::Embedded {
+        let backend = match members {
+            None => Backend::Embedded {
                 max_bytes: cli.embedded_max_bytes,
-            }
-        } else {
-            Backend::Memcached {
-                shards,
+            },
+            Some(members) => Backend::Memcached {
+                members,
                 pool: PoolSettings {
                     timeout: cli.timeout,
                     connect_timeout: cli.connect_timeout,
@@ -491,7 +515,7 @@ impl TryFrom<Cli> for Config {
                     window: cli.rebalance_window,
                     fallback_rate: cli.rebalance_fallback_rate,
                 },
-            }
+            },
         };
         Ok(Config {
             listen,
@@ -510,6 +534,46 @@ impl TryFrom<Cli> for Config {
             metrics_listen,
         })
     }
+}
+
+/// The membership source the flags name, if any (`None`: the embedded
+/// store). clap already refuses two sources at once.
+fn membership_source(cli: &Cli, shards: Vec<ShardSpec>) -> Result<Option<Source>, String> {
+    if cli.discovery_interval.is_zero() {
+        return Err("--discovery-interval must be longer than zero".to_owned());
+    }
+    if let Some(path) = &cli.memcached_file {
+        return Ok(Some(Source::File {
+            path: path.clone(),
+            poll: cli.discovery_interval,
+        }));
+    }
+    if let Some(name) = &cli.memcached_srv {
+        if name.trim().is_empty() {
+            return Err("--memcached-srv names no DNS name".to_owned());
+        }
+        let resolver = match &cli.dns_server {
+            Some(addr) => Some(
+                addr.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        addr.parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        format!(
+                            "--dns-server {addr:?} is not an address like 127.0.0.1 or 127.0.0.1:53"
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        return Ok(Some(Source::Srv {
+            name: name.trim().to_owned(),
+            interval: cli.discovery_interval,
+            resolver,
+        }));
+    }
+    Ok((!shards.is_empty()).then_some(Source::Static(shards)))
 }
 
 #[cfg(test)]
@@ -550,6 +614,84 @@ mod tests {
     }
 
     #[test]
+    fn membership_flags_choose_the_source() {
+        let c = parse(&["--memcached-file", "/etc/memgate/members"]).unwrap();
+        let Backend::Memcached { members, .. } = c.backend else {
+            panic!("memcached backend")
+        };
+        assert_eq!(
+            members,
+            Source::File {
+                path: "/etc/memgate/members".into(),
+                poll: Duration::from_secs(5)
+            }
+        );
+        let c = parse(&[
+            "--memcached-srv",
+            "_memcache._tcp.memcached.default.svc.cluster.local",
+            "--discovery-interval",
+            "2s",
+            "--dns-server",
+            "127.0.0.1:5353",
+        ])
+        .unwrap();
+        let Backend::Memcached { members, .. } = c.backend else {
+            panic!("memcached backend")
+        };
+        assert_eq!(
+            members,
+            Source::Srv {
+                name: "_memcache._tcp.memcached.default.svc.cluster.local".into(),
+                interval: Duration::from_secs(2),
+                resolver: Some("127.0.0.1:5353".parse().unwrap()),
+            }
+        );
+        let c = parse(&["--memcached-srv", "pool.test", "--dns-server", "::1"]).unwrap();
+        let Backend::Memcached {
+            members: Source::Srv { resolver, .. },
+            ..
+        } = c.backend
+        else {
+            panic!("SRV source")
+        };
+        assert_eq!(
+            resolver,
+            Some("[::1]:53".parse().unwrap()),
+            "port 53 by default"
+        );
+    }
+
+    #[test]
+    fn one_membership_source_at_most() {
+        for (args, both) in [
+            (
+                &["--memcached", "a:1", "--memcached-file", "f"][..],
+                ["--memcached", "--memcached-file"],
+            ),
+            (
+                &["--memcached", "a:1", "--memcached-srv", "n"],
+                ["--memcached", "--memcached-srv"],
+            ),
+            (
+                &["--memcached-file", "f", "--memcached-srv", "n"],
+                ["--memcached-file", "--memcached-srv"],
+            ),
+        ] {
+            let err = parse(args).unwrap_err();
+            assert!(
+                both.iter().all(|flag| err.contains(flag)),
+                "{args:?}: {err}"
+            );
+        }
+        let err = parse(&["--dns-server", "127.0.0.1"]).unwrap_err();
+        assert!(err.contains("--memcached-srv"), "{err}");
+        let err = parse(&["--memcached-srv", "n", "--dns-server", "nope"]).unwrap_err();
+        assert!(err.contains("--dns-server"), "{err}");
+        let err = parse(&["--memcached-srv", "n", "--discovery-interval", "0s"]).unwrap_err();
+        assert!(err.contains("--discovery-interval"), "{err}");
+    }
+
+    #[test]
     fn defaults_to_embedded() {
         let c = parse(&[]).unwrap();
         assert!(matches!(c.backend, Backend::Embedded { .. }));
@@ -565,7 +707,12 @@ mod tests {
             "250ms",
         ])
         .unwrap();
-        let Backend::Memcached { shards, pool, .. } = c.backend else {
+        let Backend::Memcached {
+            members: Source::Static(shards),
+            pool,
+            ..
+        } = c.backend
+        else {
             panic!("expected memcached")
         };
         assert_eq!(shards.len(), 2);

@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod health;
 pub mod key;
 pub mod layers;
+pub mod membership;
 pub mod metrics;
 pub mod service;
 pub mod store;
@@ -59,6 +60,9 @@ pub enum ServeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The memcached pool's membership source could not be followed.
+    #[error("{0}")]
+    Membership(String),
     /// The gRPC server failed.
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
@@ -109,22 +113,32 @@ pub async fn run_with_metrics(
             Ok(serve(listener, Arc::new(store), config, metrics, shutdown).await?)
         }
         Backend::Memcached {
-            shards,
+            members,
             pool,
             on_down,
             placement,
             rebalance,
         } => {
-            let store = ShardedStore::new(
-                shards,
+            // The first list (a bad file stops memgate here; DNS that does
+            // not answer yet gives an empty pool that fills in later).
+            let lists = crate::membership::watch(members.clone())
+                .await
+                .map_err(ServeError::Membership)?;
+            let shards = lists.borrow().clone();
+            let store = Arc::new(ShardedStore::new(
+                &shards,
                 pool.clone(),
                 *placement,
                 config.limits.max_value_bytes,
                 *on_down,
                 &metrics,
                 *rebalance,
-            );
-            Ok(serve(listener, Arc::new(store), config, metrics, shutdown).await?)
+            ));
+            // Later lists change the pool while it serves; servers that do
+            // not answer yet are tried again at the probe interval.
+            let follower = tokio::spawn(store.follow(lists, config.health_interval));
+            let _follower = AbortOnDrop(follower.abort_handle());
+            Ok(serve(listener, store, config, metrics, shutdown).await?)
         }
     }
 }

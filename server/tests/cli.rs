@@ -59,6 +59,10 @@ fn help_documents_every_flag() {
     for flag in [
         "--listen",
         "--memcached",
+        "--memcached-file",
+        "--memcached-srv",
+        "--discovery-interval",
+        "--dns-server",
         "--default-ttl",
         "--max-value-bytes",
         "--max-batch-keys",
