@@ -244,6 +244,24 @@ async fn the_pool_grows_and_shrinks_under_load_without_a_failed_call() {
     for k in &moved {
         assert_eq!(all[3].direct_get(k).await, Some(value_of(k)), "{k}");
     }
+    // Locate agrees with where the keys really are.
+    let locations = raw
+        .locate(pb::LocateRequest {
+            keys: old[..500].to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .locations;
+    for (k, l) in old[..500].iter().zip(&locations) {
+        let holder = all
+            .iter()
+            .find(|m| m.addr == l.shard)
+            .expect("a pool member");
+        assert!(l.up, "{l:?}");
+        assert_eq!(&l.key, k);
+        assert_eq!(holder.direct_get(k).await, Some(value_of(k)), "{l:?}");
+    }
     // Keys written during and after the change landed on all four servers.
     let mut on = [0usize; 4];
     for k in &written {

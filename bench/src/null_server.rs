@@ -140,4 +140,11 @@ impl Cache for MapCache {
     ) -> Result<Response<pb::StatsResponse>, Status> {
         Err(Status::unimplemented("the null server keeps no stats"))
     }
+
+    async fn locate(
+        &self,
+        _: Request<pb::LocateRequest>,
+    ) -> Result<Response<pb::LocateResponse>, Status> {
+        Err(Status::unimplemented("the null server has no shards"))
+    }
 }

@@ -576,6 +576,19 @@ impl Client {
         self.set(key, bytes, ttl).await
     }
 
+    /// Which memcached server holds each of `keys` now, and whether it is
+    /// up (nothing is read or written). Retried on `UNAVAILABLE`.
+    pub async fn locate(&self, keys: Vec<String>) -> Result<Vec<pb::KeyLocation>, Error> {
+        let req = pb::LocateRequest { keys };
+        self.unary(
+            true,
+            req,
+            |mut stub, req| async move { stub.locate(req).await },
+        )
+        .await
+        .map(|r| r.locations)
+    }
+
     /// The server's statistics: its version, uptime and counters, and per
     /// shard its address, state, ring share and the backend's own figures
     /// (memcached's `stats`). A shard that does not answer is reported

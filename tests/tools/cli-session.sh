@@ -71,6 +71,23 @@ assert abs(sum(sh["ring_share"] for sh in s["shards"]) - 1) < 1e-9, s
 ' "${#shards[@]}" || fail "stats --json"
 ok "stats prints a row per shard (up, share, items, bytes/limit) and --json"
 
+"$cli" set "$k:loc" located
+out=$("$cli" locate "$k:loc") || fail "locate exited $?: $out"
+where=$(awk 'NR == 2 && $3 == "yes" { print $2 }' <<<"$out")
+[[ ",$MEMGATE_MEMCACHED," == *",$where,"* ]] || fail "locate: no live shard of the pool: $out"
+# The key really is there, asked of that memcached directly.
+python3 - "$where" "$k:loc" <<'PY' || fail "locate: $k:loc is not on $where"
+import socket, sys
+host, port = sys.argv[1].rsplit(":", 1)
+with socket.create_connection((host, int(port))) as s:
+    s.sendall(b"get %s\r\n" % sys.argv[2].encode())
+    reply = b""
+    while not reply.endswith(b"END\r\n"):
+        reply += s.recv(4096)
+assert reply.startswith(b"VALUE "), reply
+PY
+ok "locate names the memcached that really holds the key"
+
 set +e; err=$("$cli" set "bad key" v 2>&1); code=$?; set -e
 [ "$code" -eq 2 ] && grep -q "InvalidArgument\|invalid argument\|Client specified an invalid argument" <<<"$err" || fail "bad key: exit $code: $err"
 grep -q "spaces" <<<"$err" || fail "bad key message: $err"

@@ -16,10 +16,10 @@ done
 ok "grpcurl list shows the cache, health and reflection services"
 
 desc=$(grpcurl -plaintext "$t" describe memgate.v1.Cache)
-for rpc in Get Set Delete List BatchGet BatchSet BatchDelete BatchGetStream BatchSetStream BatchDeleteStream Stats; do
+for rpc in Get Set Delete List BatchGet BatchSet BatchDelete BatchGetStream BatchSetStream BatchDeleteStream Stats Locate; do
   grep -q "rpc $rpc (" <<<"$desc" || fail "describe lacks rpc $rpc"
 done
-ok "grpcurl describe memgate.v1.Cache shows all eleven RPCs"
+ok "grpcurl describe memgate.v1.Cache shows all twelve RPCs"
 
 key="readme-$$-$RANDOM"
 out=$(grpcurl -plaintext -d "{\"key\": \"$key\", \"value\": \"aGVsbG8gd29ybGQ=\", \"ttl_seconds\": 300}" "$t" memgate.v1.Cache/Set)
@@ -42,6 +42,12 @@ done
 grep -q '"currItems": "[1-9]' <<<"$out" || fail "Stats: no shard holds the key just set: $out"
 grep -q '"version": "[0-9]' <<<"$out" || fail "Stats: no version: $out"
 ok "grpcurl Stats through reflection names every shard, up, with memcached's figures"
+
+out=$(grpcurl -plaintext -d "{\"keys\": [\"$key\"]}" "$t" memgate.v1.Cache/Locate)
+where=$(python3 -c 'import json,sys; l=json.load(sys.stdin)["locations"][0]; assert l["up"], l; print(l["shard"])' <<<"$out") ||
+  fail "Locate answered $out"
+[[ ",$MEMGATE_MEMCACHED," == *",$where,"* ]] || fail "Locate names $where, not a pool member"
+ok "grpcurl Locate names the key's live shard"
 
 set +e
 out=$(grpcurl -plaintext -d '{"key": "bad key"}' "$t" memgate.v1.Cache/Get 2>&1); code=$?

@@ -86,6 +86,12 @@ enum Command {
         #[arg(long, default_value = "")]
         service: String,
     },
+    /// Print which memcached server holds each key now, and whether it is
+    /// up; exit 1 if any is down.
+    Locate {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
     /// Print the server's statistics: memgate's version, uptime and
     /// counters, and a table of shards (address, up, ring share, items,
     /// bytes/limit, evictions, hit ratio, version, uptime); exit 1 if any
@@ -240,6 +246,29 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 println!("{name}");
             }
             Ok(exit(status == ServingStatus::Serving))
+        }
+        Command::Locate { keys } => {
+            let locations = client.locate(keys).await?;
+            if json {
+                let rows: Vec<Value> = locations
+                    .iter()
+                    .map(|l| json!({"key": l.key, "shard": l.shard, "up": l.up}))
+                    .collect();
+                print_json(&Value::Array(rows));
+            } else {
+                let width = locations
+                    .iter()
+                    .map(|l| l.key.len())
+                    .max()
+                    .unwrap_or(3)
+                    .max(3);
+                println!("{:width$}  SHARD  UP", "KEY");
+                for l in &locations {
+                    let up = if l.up { "yes" } else { "no" };
+                    println!("{:width$}  {}  {up}", l.key, l.shard);
+                }
+            }
+            Ok(exit(locations.iter().all(|l| l.up)))
         }
         Command::Stats => {
             let stats = client.stats().await?;

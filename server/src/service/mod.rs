@@ -197,4 +197,11 @@ impl<S: Store> pb::cache_server::Cache for CacheService<S> {
     ) -> Result<Response<pb::StatsResponse>, Status> {
         Ok(Response::new(self.report(req.into_inner()).await))
     }
+
+    async fn locate(
+        &self,
+        req: Request<pb::LocateRequest>,
+    ) -> Result<Response<pb::LocateResponse>, Status> {
+        Ok(Response::new(self.locate_keys(req.into_inner())?))
+    }
 }

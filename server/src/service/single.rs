@@ -43,4 +43,22 @@ impl<S: Store> CacheService<S> {
         let keys = self.store.list(&req.prefix, limit).await?;
         Ok(pb::ListResponse { keys })
     }
+
+    /// Where each key lives now: nothing is read or written.
+    pub(super) fn locate_keys(&self, req: pb::LocateRequest) -> Result<pb::LocateResponse, Error> {
+        let keys = self.keys(req.keys)?;
+        Ok(pb::LocateResponse {
+            locations: keys
+                .into_iter()
+                .map(|key| {
+                    let (shard, up) = self.store.locate(&key);
+                    pb::KeyLocation {
+                        key: key.into_string(),
+                        shard,
+                        up,
+                    }
+                })
+                .collect(),
+        })
+    }
 }

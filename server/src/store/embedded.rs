@@ -240,6 +240,10 @@ impl Store for EmbeddedStore {
         (self.max_value_len, "--max-value-bytes".to_owned())
     }
 
+    fn locate(&self, _key: &Key) -> (String, bool) {
+        ("embedded".to_owned(), true)
+    }
+
     fn describe(&self) -> String {
         format!("embedded store ({} bytes)", self.max_bytes)
     }

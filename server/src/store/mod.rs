@@ -171,6 +171,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// A short description for logs: backend kind and shard count.
     fn describe(&self) -> String;
+
+    /// The shard that holds `key` now ("embedded" for the embedded store;
+    /// empty while there is none) and whether it is up.
+    fn locate(&self, key: &Key) -> (String, bool);
 }
 
 #[cfg(test)]

@@ -841,6 +841,13 @@ impl Store for ShardedStore {
         }
     }
 
+    fn locate(&self, key: &Key) -> (String, bool) {
+        match self.shard_for(key.as_str()) {
+            Ok(shard) => (shard.addr().to_owned(), shard.is_up()),
+            Err(_) => (String::new(), false),
+        }
+    }
+
     fn describe(&self) -> String {
         let pool = self.members.load();
         let addrs: Vec<&str> = pool.now.shards.iter().map(|s| s.addr()).collect();

@@ -129,6 +129,8 @@ pub struct Shard {
     metrics: ShardMetrics,
     /// Removed from the pool: no new connections.
     retired: AtomicBool,
+    /// The last health probe was answered.
+    answered: AtomicBool,
     /// Held for a key dump, so this server sends the shard at most one
     /// dump at a time (memcached would answer the others BUSY).
     pub(super) dump_turn: tokio::sync::Mutex<()>,
@@ -153,6 +155,7 @@ impl Shard {
             ejection: Mutex::new(Ejection::default()),
             metrics,
             retired: AtomicBool::new(false),
+            answered: AtomicBool::new(false),
             dump_turn: tokio::sync::Mutex::new(()),
         }
     }
@@ -478,10 +481,14 @@ impl Shard {
     /// the shard is down: that is how it comes back.
     pub async fn probe(&self) -> Result<(), Error> {
         let answered = self.probe_once().await;
-        self.metrics
-            .up
-            .set(i64::from(answered.is_ok() && !self.is_down()));
+        self.answered.store(answered.is_ok(), Ordering::Relaxed);
+        self.metrics.up.set(i64::from(self.is_up()));
         answered
+    }
+
+    /// Answered its last probe and is not marked down.
+    pub fn is_up(&self) -> bool {
+        self.answered.load(Ordering::Relaxed) && !self.is_down()
     }
 
     async fn probe_once(&self) -> Result<(), Error> {

@@ -1623,6 +1623,163 @@ func (x *ShardCounters) GetReconnects() uint64 {
 	return 0
 }
 
+// LocateRequest names the keys to locate.
+type LocateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The keys, each valid as for Get.
+	Keys          []string `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocateRequest) Reset() {
+	*x = LocateRequest{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocateRequest) ProtoMessage() {}
+
+func (x *LocateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocateRequest.ProtoReflect.Descriptor instead.
+func (*LocateRequest) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *LocateRequest) GetKeys() []string {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// LocateResponse has one location per key of the request, in order.
+type LocateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Where each key lives now.
+	Locations     []*KeyLocation `protobuf:"bytes,1,rep,name=locations,proto3" json:"locations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocateResponse) Reset() {
+	*x = LocateResponse{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocateResponse) ProtoMessage() {}
+
+func (x *LocateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocateResponse.ProtoReflect.Descriptor instead.
+func (*LocateResponse) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *LocateResponse) GetLocations() []*KeyLocation {
+	if x != nil {
+		return x.Locations
+	}
+	return nil
+}
+
+// KeyLocation is where one key lives.
+type KeyLocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key, as in the request.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The memcached server that holds it now (host:port as configured), or
+	// "embedded"; empty while the pool has no servers.
+	Shard string `protobuf:"bytes,2,opt,name=shard,proto3" json:"shard,omitempty"`
+	// Whether that server answers and is not marked down.
+	Up            bool `protobuf:"varint,3,opt,name=up,proto3" json:"up,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyLocation) Reset() {
+	*x = KeyLocation{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyLocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyLocation) ProtoMessage() {}
+
+func (x *KeyLocation) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyLocation.ProtoReflect.Descriptor instead.
+func (*KeyLocation) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *KeyLocation) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *KeyLocation) GetShard() string {
+	if x != nil {
+		return x.Shard
+	}
+	return ""
+}
+
+func (x *KeyLocation) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
 var File_memgate_v1_cache_proto protoreflect.FileDescriptor
 
 const file_memgate_v1_cache_proto_rawDesc = "" +
@@ -1740,7 +1897,15 @@ const file_memgate_v1_cache_proto_rawDesc = "" +
 	"\vconnections\x18\a \x01(\x04R\vconnections\x12\x1e\n" +
 	"\n" +
 	"reconnects\x18\b \x01(\x04R\n" +
-	"reconnects2\xf1\x05\n" +
+	"reconnects\"#\n" +
+	"\rLocateRequest\x12\x12\n" +
+	"\x04keys\x18\x01 \x03(\tR\x04keys\"G\n" +
+	"\x0eLocateResponse\x125\n" +
+	"\tlocations\x18\x01 \x03(\v2\x17.memgate.v1.KeyLocationR\tlocations\"E\n" +
+	"\vKeyLocation\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05shard\x18\x02 \x01(\tR\x05shard\x12\x0e\n" +
+	"\x02up\x18\x03 \x01(\bR\x02up2\xb2\x06\n" +
 	"\x05Cache\x126\n" +
 	"\x03Get\x12\x16.memgate.v1.GetRequest\x1a\x17.memgate.v1.GetResponse\x126\n" +
 	"\x03Set\x12\x16.memgate.v1.SetRequest\x1a\x17.memgate.v1.SetResponse\x12?\n" +
@@ -1752,7 +1917,8 @@ const file_memgate_v1_cache_proto_rawDesc = "" +
 	"\x0eBatchGetStream\x12\x16.memgate.v1.GetRequest\x1a\x15.memgate.v1.GetResult(\x010\x01\x12H\n" +
 	"\x0eBatchSetStream\x12\x16.memgate.v1.SetRequest\x1a\x1c.memgate.v1.BatchSetResponse(\x01\x12Q\n" +
 	"\x11BatchDeleteStream\x12\x19.memgate.v1.DeleteRequest\x1a\x1f.memgate.v1.BatchDeleteResponse(\x01\x12<\n" +
-	"\x05Stats\x12\x18.memgate.v1.StatsRequest\x1a\x19.memgate.v1.StatsResponseB?Z=github.com/memgate/memgate/client/go/gen/memgate/v1;memgatev1b\x06proto3"
+	"\x05Stats\x12\x18.memgate.v1.StatsRequest\x1a\x19.memgate.v1.StatsResponse\x12?\n" +
+	"\x06Locate\x12\x19.memgate.v1.LocateRequest\x1a\x1a.memgate.v1.LocateResponseB?Z=github.com/memgate/memgate/client/go/gen/memgate/v1;memgatev1b\x06proto3"
 
 var (
 	file_memgate_v1_cache_proto_rawDescOnce sync.Once
@@ -1766,7 +1932,7 @@ func file_memgate_v1_cache_proto_rawDescGZIP() []byte {
 	return file_memgate_v1_cache_proto_rawDescData
 }
 
-var file_memgate_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_memgate_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_memgate_v1_cache_proto_goTypes = []any{
 	(*GetRequest)(nil),          // 0: memgate.v1.GetRequest
 	(*GetResponse)(nil),         // 1: memgate.v1.GetResponse
@@ -1792,6 +1958,9 @@ var file_memgate_v1_cache_proto_goTypes = []any{
 	(*ShardStats)(nil),          // 21: memgate.v1.ShardStats
 	(*BackendStats)(nil),        // 22: memgate.v1.BackendStats
 	(*ShardCounters)(nil),       // 23: memgate.v1.ShardCounters
+	(*LocateRequest)(nil),       // 24: memgate.v1.LocateRequest
+	(*LocateResponse)(nil),      // 25: memgate.v1.LocateResponse
+	(*KeyLocation)(nil),         // 26: memgate.v1.KeyLocation
 }
 var file_memgate_v1_cache_proto_depIdxs = []int32{
 	9,  // 0: memgate.v1.BatchGetResponse.results:type_name -> memgate.v1.GetResult
@@ -1804,33 +1973,36 @@ var file_memgate_v1_cache_proto_depIdxs = []int32{
 	20, // 7: memgate.v1.MethodCounters.handled:type_name -> memgate.v1.CodeCount
 	22, // 8: memgate.v1.ShardStats.backend:type_name -> memgate.v1.BackendStats
 	23, // 9: memgate.v1.ShardStats.counters:type_name -> memgate.v1.ShardCounters
-	0,  // 10: memgate.v1.Cache.Get:input_type -> memgate.v1.GetRequest
-	2,  // 11: memgate.v1.Cache.Set:input_type -> memgate.v1.SetRequest
-	4,  // 12: memgate.v1.Cache.Delete:input_type -> memgate.v1.DeleteRequest
-	6,  // 13: memgate.v1.Cache.List:input_type -> memgate.v1.ListRequest
-	8,  // 14: memgate.v1.Cache.BatchGet:input_type -> memgate.v1.BatchGetRequest
-	11, // 15: memgate.v1.Cache.BatchSet:input_type -> memgate.v1.BatchSetRequest
-	14, // 16: memgate.v1.Cache.BatchDelete:input_type -> memgate.v1.BatchDeleteRequest
-	0,  // 17: memgate.v1.Cache.BatchGetStream:input_type -> memgate.v1.GetRequest
-	2,  // 18: memgate.v1.Cache.BatchSetStream:input_type -> memgate.v1.SetRequest
-	4,  // 19: memgate.v1.Cache.BatchDeleteStream:input_type -> memgate.v1.DeleteRequest
-	16, // 20: memgate.v1.Cache.Stats:input_type -> memgate.v1.StatsRequest
-	1,  // 21: memgate.v1.Cache.Get:output_type -> memgate.v1.GetResponse
-	3,  // 22: memgate.v1.Cache.Set:output_type -> memgate.v1.SetResponse
-	5,  // 23: memgate.v1.Cache.Delete:output_type -> memgate.v1.DeleteResponse
-	7,  // 24: memgate.v1.Cache.List:output_type -> memgate.v1.ListResponse
-	10, // 25: memgate.v1.Cache.BatchGet:output_type -> memgate.v1.BatchGetResponse
-	13, // 26: memgate.v1.Cache.BatchSet:output_type -> memgate.v1.BatchSetResponse
-	15, // 27: memgate.v1.Cache.BatchDelete:output_type -> memgate.v1.BatchDeleteResponse
-	9,  // 28: memgate.v1.Cache.BatchGetStream:output_type -> memgate.v1.GetResult
-	13, // 29: memgate.v1.Cache.BatchSetStream:output_type -> memgate.v1.BatchSetResponse
-	15, // 30: memgate.v1.Cache.BatchDeleteStream:output_type -> memgate.v1.BatchDeleteResponse
-	17, // 31: memgate.v1.Cache.Stats:output_type -> memgate.v1.StatsResponse
-	21, // [21:32] is the sub-list for method output_type
-	10, // [10:21] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	26, // 10: memgate.v1.LocateResponse.locations:type_name -> memgate.v1.KeyLocation
+	0,  // 11: memgate.v1.Cache.Get:input_type -> memgate.v1.GetRequest
+	2,  // 12: memgate.v1.Cache.Set:input_type -> memgate.v1.SetRequest
+	4,  // 13: memgate.v1.Cache.Delete:input_type -> memgate.v1.DeleteRequest
+	6,  // 14: memgate.v1.Cache.List:input_type -> memgate.v1.ListRequest
+	8,  // 15: memgate.v1.Cache.BatchGet:input_type -> memgate.v1.BatchGetRequest
+	11, // 16: memgate.v1.Cache.BatchSet:input_type -> memgate.v1.BatchSetRequest
+	14, // 17: memgate.v1.Cache.BatchDelete:input_type -> memgate.v1.BatchDeleteRequest
+	0,  // 18: memgate.v1.Cache.BatchGetStream:input_type -> memgate.v1.GetRequest
+	2,  // 19: memgate.v1.Cache.BatchSetStream:input_type -> memgate.v1.SetRequest
+	4,  // 20: memgate.v1.Cache.BatchDeleteStream:input_type -> memgate.v1.DeleteRequest
+	16, // 21: memgate.v1.Cache.Stats:input_type -> memgate.v1.StatsRequest
+	24, // 22: memgate.v1.Cache.Locate:input_type -> memgate.v1.LocateRequest
+	1,  // 23: memgate.v1.Cache.Get:output_type -> memgate.v1.GetResponse
+	3,  // 24: memgate.v1.Cache.Set:output_type -> memgate.v1.SetResponse
+	5,  // 25: memgate.v1.Cache.Delete:output_type -> memgate.v1.DeleteResponse
+	7,  // 26: memgate.v1.Cache.List:output_type -> memgate.v1.ListResponse
+	10, // 27: memgate.v1.Cache.BatchGet:output_type -> memgate.v1.BatchGetResponse
+	13, // 28: memgate.v1.Cache.BatchSet:output_type -> memgate.v1.BatchSetResponse
+	15, // 29: memgate.v1.Cache.BatchDelete:output_type -> memgate.v1.BatchDeleteResponse
+	9,  // 30: memgate.v1.Cache.BatchGetStream:output_type -> memgate.v1.GetResult
+	13, // 31: memgate.v1.Cache.BatchSetStream:output_type -> memgate.v1.BatchSetResponse
+	15, // 32: memgate.v1.Cache.BatchDeleteStream:output_type -> memgate.v1.BatchDeleteResponse
+	17, // 33: memgate.v1.Cache.Stats:output_type -> memgate.v1.StatsResponse
+	25, // 34: memgate.v1.Cache.Locate:output_type -> memgate.v1.LocateResponse
+	23, // [23:35] is the sub-list for method output_type
+	11, // [11:23] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_memgate_v1_cache_proto_init() }
@@ -1845,7 +2017,7 @@ func file_memgate_v1_cache_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_memgate_v1_cache_proto_rawDesc), len(file_memgate_v1_cache_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,7 @@ const (
 	Cache_BatchSetStream_FullMethodName    = "/memgate.v1.Cache/BatchSetStream"
 	Cache_BatchDeleteStream_FullMethodName = "/memgate.v1.Cache/BatchDeleteStream"
 	Cache_Stats_FullMethodName             = "/memgate.v1.Cache/Stats"
+	Cache_Locate_FullMethodName            = "/memgate.v1.Cache/Locate"
 )
 
 // CacheClient is the client API for Cache service.
@@ -145,6 +146,12 @@ type CacheClient interface {
 	// failing the call. The embedded store reports itself as one shard named
 	// "embedded". An operator's call: it asks every shard.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
+	// Locate names the memcached server that holds each key now (the
+	// question to ask when one key misbehaves), and whether that server is
+	// up. Nothing is read or written. The keys follow the batch rules
+	// (valid keys, at most the server's --max-batch-keys); the embedded
+	// store answers "embedded".
+	Locate(ctx context.Context, in *LocateRequest, opts ...grpc.CallOption) (*LocateResponse, error)
 }
 
 type cacheClient struct {
@@ -274,6 +281,16 @@ func (c *cacheClient) Stats(ctx context.Context, in *StatsRequest, opts ...grpc.
 	return out, nil
 }
 
+func (c *cacheClient) Locate(ctx context.Context, in *LocateRequest, opts ...grpc.CallOption) (*LocateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LocateResponse)
+	err := c.cc.Invoke(ctx, Cache_Locate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CacheServer is the server API for Cache service.
 // All implementations must embed UnimplementedCacheServer
 // for forward compatibility.
@@ -382,6 +399,12 @@ type CacheServer interface {
 	// failing the call. The embedded store reports itself as one shard named
 	// "embedded". An operator's call: it asks every shard.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
+	// Locate names the memcached server that holds each key now (the
+	// question to ask when one key misbehaves), and whether that server is
+	// up. Nothing is read or written. The keys follow the batch rules
+	// (valid keys, at most the server's --max-batch-keys); the embedded
+	// store answers "embedded".
+	Locate(context.Context, *LocateRequest) (*LocateResponse, error)
 	mustEmbedUnimplementedCacheServer()
 }
 
@@ -424,6 +447,9 @@ func (UnimplementedCacheServer) BatchDeleteStream(grpc.ClientStreamingServer[Del
 }
 func (UnimplementedCacheServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Stats not implemented")
+}
+func (UnimplementedCacheServer) Locate(context.Context, *LocateRequest) (*LocateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Locate not implemented")
 }
 func (UnimplementedCacheServer) mustEmbedUnimplementedCacheServer() {}
 func (UnimplementedCacheServer) testEmbeddedByValue()               {}
@@ -611,6 +637,24 @@ func _Cache_Stats_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cache_Locate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LocateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServer).Locate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cache_Locate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServer).Locate(ctx, req.(*LocateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cache_ServiceDesc is the grpc.ServiceDesc for Cache service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -649,6 +693,10 @@ var Cache_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stats",
 			Handler:    _Cache_Stats_Handler,
+		},
+		{
+			MethodName: "Locate",
+			Handler:    _Cache_Locate_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -251,3 +251,25 @@ class ShardCounters(_message.Message):
     connections: int
     reconnects: int
     def __init__(self, timeouts: _Optional[int] = ..., refused: _Optional[int] = ..., io_errors: _Optional[int] = ..., protocol_errors: _Optional[int] = ..., server_errors: _Optional[int] = ..., ejections: _Optional[int] = ..., connections: _Optional[int] = ..., reconnects: _Optional[int] = ...) -> None: ...
+
+class LocateRequest(_message.Message):
+    __slots__ = ("keys",)
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    keys: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, keys: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LocateResponse(_message.Message):
+    __slots__ = ("locations",)
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    locations: _containers.RepeatedCompositeFieldContainer[KeyLocation]
+    def __init__(self, locations: _Optional[_Iterable[_Union[KeyLocation, _Mapping]]] = ...) -> None: ...
+
+class KeyLocation(_message.Message):
+    __slots__ = ("key", "shard", "up")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    UP_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    shard: str
+    up: bool
+    def __init__(self, key: _Optional[str] = ..., shard: _Optional[str] = ..., up: bool = ...) -> None: ...

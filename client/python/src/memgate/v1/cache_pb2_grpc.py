@@ -142,6 +142,11 @@ class CacheStub(object):
                 request_serializer=memgate_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
                 response_deserializer=memgate_dot_v1_dot_cache__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Locate = channel.unary_unary(
+                '/memgate.v1.Cache/Locate',
+                request_serializer=memgate_dot_v1_dot_cache__pb2.LocateRequest.SerializeToString,
+                response_deserializer=memgate_dot_v1_dot_cache__pb2.LocateResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServicer(object):
@@ -301,6 +306,17 @@ class CacheServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Locate(self, request, context):
+        """Locate names the memcached server that holds each key now (the
+        question to ask when one key misbehaves), and whether that server is
+        up. Nothing is read or written. The keys follow the batch rules
+        (valid keys, at most the server's --max-batch-keys); the embedded
+        store answers "embedded".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -358,6 +374,11 @@ def add_CacheServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=memgate_dot_v1_dot_cache__pb2.StatsRequest.FromString,
                     response_serializer=memgate_dot_v1_dot_cache__pb2.StatsResponse.SerializeToString,
+            ),
+            'Locate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Locate,
+                    request_deserializer=memgate_dot_v1_dot_cache__pb2.LocateRequest.FromString,
+                    response_serializer=memgate_dot_v1_dot_cache__pb2.LocateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -710,6 +731,33 @@ class Cache(object):
             '/memgate.v1.Cache/Stats',
             memgate_dot_v1_dot_cache__pb2.StatsRequest.SerializeToString,
             memgate_dot_v1_dot_cache__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Locate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memgate.v1.Cache/Locate',
+            memgate_dot_v1_dot_cache__pb2.LocateRequest.SerializeToString,
+            memgate_dot_v1_dot_cache__pb2.LocateResponse.FromString,
             options,
             channel_credentials,
             insecure,

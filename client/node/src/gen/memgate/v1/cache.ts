@@ -371,6 +371,31 @@ export interface ShardCounters {
   reconnects: number;
 }
 
+/** LocateRequest names the keys to locate. */
+export interface LocateRequest {
+  /** The keys, each valid as for Get. */
+  keys: string[];
+}
+
+/** LocateResponse has one location per key of the request, in order. */
+export interface LocateResponse {
+  /** Where each key lives now. */
+  locations: KeyLocation[];
+}
+
+/** KeyLocation is where one key lives. */
+export interface KeyLocation {
+  /** The key, as in the request. */
+  key: string;
+  /**
+   * The memcached server that holds it now (host:port as configured), or
+   * "embedded"; empty while the pool has no servers.
+   */
+  shard: string;
+  /** Whether that server answers and is not marked down. */
+  up: boolean;
+}
+
 function createBaseGetRequest(): GetRequest {
   return { key: "" };
 }
@@ -2347,6 +2372,195 @@ export const ShardCounters: MessageFns<ShardCounters> = {
   },
 };
 
+function createBaseLocateRequest(): LocateRequest {
+  return { keys: [] };
+}
+
+export const LocateRequest: MessageFns<LocateRequest> = {
+  encode(message: LocateRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.keys) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LocateRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLocateRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.keys.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<LocateRequest>): LocateRequest {
+    return LocateRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LocateRequest>): LocateRequest {
+    const message = createBaseLocateRequest();
+    message.keys = object.keys?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseLocateResponse(): LocateResponse {
+  return { locations: [] };
+}
+
+export const LocateResponse: MessageFns<LocateResponse> = {
+  encode(message: LocateResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.locations) {
+      KeyLocation.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LocateResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLocateResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.locations.push(KeyLocation.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<LocateResponse>): LocateResponse {
+    return LocateResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LocateResponse>): LocateResponse {
+    const message = createBaseLocateResponse();
+    message.locations = object.locations?.map((e) => KeyLocation.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseKeyLocation(): KeyLocation {
+  return { key: "", shard: "", up: false };
+}
+
+export const KeyLocation: MessageFns<KeyLocation> = {
+  encode(message: KeyLocation, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.shard !== "") {
+      writer.uint32(18).string(message.shard);
+    }
+    if (message.up !== false) {
+      writer.uint32(24).bool(message.up);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): KeyLocation {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKeyLocation();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.shard = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.up = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<KeyLocation>): KeyLocation {
+    return KeyLocation.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<KeyLocation>): KeyLocation {
+    const message = createBaseKeyLocation();
+    message.key = object.key ?? "";
+    message.shard = object.shard ?? "";
+    message.up = object.up ?? false;
+    return message;
+  },
+};
+
 /**
  * Cache is a key-value cache. Keys are routed to one memcached shard by
  * consistent hashing; the server itself is stateless.
@@ -2554,6 +2768,22 @@ export const CacheService = {
     responseSerialize: (value: StatsResponse): Buffer => Buffer.from(StatsResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): StatsResponse => StatsResponse.decode(value),
   },
+  /**
+   * Locate names the memcached server that holds each key now (the
+   * question to ask when one key misbehaves), and whether that server is
+   * up. Nothing is read or written. The keys follow the batch rules
+   * (valid keys, at most the server's --max-batch-keys); the embedded
+   * store answers "embedded".
+   */
+  locate: {
+    path: "/memgate.v1.Cache/Locate" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: LocateRequest): Buffer => Buffer.from(LocateRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): LocateRequest => LocateRequest.decode(value),
+    responseSerialize: (value: LocateResponse): Buffer => Buffer.from(LocateResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): LocateResponse => LocateResponse.decode(value),
+  },
 } as const;
 
 export interface CacheServer extends UntypedServiceImplementation {
@@ -2619,6 +2849,14 @@ export interface CacheServer extends UntypedServiceImplementation {
    * "embedded". An operator's call: it asks every shard.
    */
   stats: handleUnaryCall<StatsRequest, StatsResponse>;
+  /**
+   * Locate names the memcached server that holds each key now (the
+   * question to ask when one key misbehaves), and whether that server is
+   * up. Nothing is read or written. The keys follow the batch rules
+   * (valid keys, at most the server's --max-batch-keys); the embedded
+   * store answers "embedded".
+   */
+  locate: handleUnaryCall<LocateRequest, LocateResponse>;
 }
 
 export interface CacheClient extends Client {
@@ -2818,6 +3056,28 @@ export interface CacheClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: StatsResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Locate names the memcached server that holds each key now (the
+   * question to ask when one key misbehaves), and whether that server is
+   * up. Nothing is read or written. The keys follow the batch rules
+   * (valid keys, at most the server's --max-batch-keys); the embedded
+   * store answers "embedded".
+   */
+  locate(
+    request: LocateRequest,
+    callback: (error: ServiceError | null, response: LocateResponse) => void,
+  ): ClientUnaryCall;
+  locate(
+    request: LocateRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: LocateResponse) => void,
+  ): ClientUnaryCall;
+  locate(
+    request: LocateRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: LocateResponse) => void,
   ): ClientUnaryCall;
 }
 
