@@ -11,6 +11,7 @@ mod compare;
 mod cpu;
 mod memcached_text;
 mod null_server;
+mod rebalance;
 mod stack;
 
 use std::collections::HashMap;
@@ -81,6 +82,13 @@ enum Command {
         /// Concurrent callers.
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+    },
+    /// The hit ratio after a server joins and after one leaves, with and
+    /// without memgate's rebalance window: a markdown table on stdout.
+    Rebalance {
+        /// Keys written before the changes.
+        #[arg(long, default_value_t = 20_000)]
+        keys: usize,
     },
     /// The do-nothing tonic server `compare` measures; run by `compare`
     /// itself as a separate process, so its CPU can be read from /proc.
@@ -272,6 +280,10 @@ async fn main() -> std::process::ExitCode {
             } else {
                 std::process::ExitCode::FAILURE
             }
+        }
+        Command::Rebalance { keys } => {
+            rebalance::run(&cli.memgate_bin, cli.shards, *keys).await;
+            std::process::ExitCode::SUCCESS
         }
         Command::NullServer {
             listen,

@@ -36,7 +36,7 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -80,10 +80,18 @@ pub(crate) fn memcached(dir: &Path, index: usize, memory_mb: u32, threads: u32) 
 /// Starts the memgate binary in front of `shards`.
 /// `extra` flags go after the defaults, so they can override them.
 pub(crate) fn memgate(bin: &Path, shards: &[String], extra: &[String]) -> Proc {
+    let memcached = shards.join(",");
+    let mut args = vec!["--memcached", memcached.as_str()];
+    args.extend(extra.iter().map(String::as_str));
+    memgate_with(bin, &args)
+}
+
+/// Starts the memgate binary with `args` (after `--listen`).
+pub(crate) fn memgate_with(bin: &Path, args: &[&str]) -> Proc {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(bin)
-        .args(["--listen", &addr, "--memcached", &shards.join(",")])
-        .args(extra)
+        .args(["--listen", &addr])
+        .args(args)
         .env(
             "MEMGATE_LOG",
             std::env::var("MEMGATE_LOG").unwrap_or_else(|_| "warn".into()),

@@ -209,7 +209,11 @@ pub struct Cli {
 
     /// Most fallback reads per second during the rebalance window (more
     /// misses stay misses), bounding the extra load on the old servers.
-    #[arg(long, env = "MEMGATE_REBALANCE_FALLBACK_RATE", default_value_t = 1000)]
+    #[arg(
+        long,
+        env = "MEMGATE_REBALANCE_FALLBACK_RATE",
+        default_value_t = 10_000
+    )]
     pub rebalance_fallback_rate: u32,
 
     /// Serve Prometheus metrics on http://ADDR/metrics (e.g.
