@@ -284,3 +284,119 @@ async fn the_pool_grows_and_shrinks_under_load_without_a_failed_call() {
     assert_eq!(wrong, 0, "wrong or missing values while the pool shrank");
     mg.stop().await;
 }
+
+/// A free port on loopback address `host`.
+fn free_port_on(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_for_names(mg: &Memgate, want: &[String]) {
+    let want: HashSet<String> = want.iter().cloned().collect();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            servers(mg).await == want
+        })
+        .await,
+        "the pool never became {want:?} (it is {:?})",
+        servers(mg).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srv_members_join_leave_and_are_followed_to_a_new_address() {
+    const POOL: &str = "_memcache._tcp.pool.test.";
+    let dns = common::dns::Dns::start().await;
+    let (a_port, b_port) = (free_port_on("127.0.0.2"), free_port_on("127.0.0.3"));
+    let mut mc_a = Memcached::spawn_at("127.0.0.2", a_port);
+    let _mc_b = Memcached::spawn_at("127.0.0.3", b_port);
+    dns.set_a("mc-a.pool.test.", [127, 0, 0, 2].into());
+    dns.set_a("mc-b.pool.test.", [127, 0, 0, 3].into());
+    dns.set_srv(POOL, &[("mc-a.pool.test.", a_port)]);
+    let (a, b) = (
+        format!("mc-a.pool.test:{a_port}"),
+        format!("mc-b.pool.test:{b_port}"),
+    );
+
+    let cli = Cli::try_parse_from([
+        "memgate",
+        "--listen",
+        "127.0.0.1:0",
+        "--memcached-srv",
+        POOL,
+        "--dns-server",
+        &dns.addr.to_string(),
+        "--discovery-interval",
+        "1s",
+    ])
+    .unwrap();
+    let mg = Memgate::start(Config::try_from(cli).unwrap()).await;
+    wait_for_names(&mg, std::slice::from_ref(&a)).await;
+    let keys: Vec<String> = (0..300).map(|i| unique(&format!("srv{i}-"))).collect();
+    set_all(&mg, &keys).await;
+
+    // A second pod appears behind the name: it joins, and the keys that
+    // move to it are still found.
+    dns.set_srv(
+        POOL,
+        &[("mc-a.pool.test.", a_port), ("mc-b.pool.test.", b_port)],
+    );
+    wait_for_names(&mg, &[a.clone(), b.clone()]).await;
+    let mut raw = mg.raw.clone();
+    let results = raw
+        .batch_get(pb::BatchGetRequest { keys: keys.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    assert!(
+        results
+            .iter()
+            .all(|r| r.found && r.value == value_of(&r.key))
+    );
+
+    // mc-a comes back at another address (a restarted pod: same name, new
+    // IP, empty). memgate keeps it as the same member, so its keys keep
+    // their place, and reaches it at the new address.
+    let mc_a2 = Memcached::spawn_at("127.0.0.4", a_port);
+    dns.set_a("mc-a.pool.test.", [127, 0, 0, 4].into());
+    mc_a.kill();
+    let locations = raw
+        .locate(pb::LocateRequest { keys: keys.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .locations;
+    let on_a = &locations
+        .iter()
+        .find(|l| l.shard == a)
+        .expect("a key on mc-a")
+        .key;
+    let written = eventually(Duration::from_secs(15), || {
+        let mut raw = raw.clone();
+        async move {
+            let set = raw.set(pb::SetRequest {
+                key: on_a.clone(),
+                value: b"after the move".to_vec().into(),
+                ttl_seconds: None,
+            });
+            set.await.is_ok()
+        }
+    })
+    .await;
+    assert!(written, "mc-a was never reached at its new address");
+    assert_eq!(
+        mc_a2.direct_get(on_a).await.as_deref(),
+        Some(&b"after the move"[..]),
+        "the write went to mc-a's new address"
+    );
+    assert_eq!(servers(&mg).await, HashSet::from([a.clone(), b.clone()]));
+
+    // The first pod goes away: the pool shrinks to the other.
+    dns.set_srv(POOL, &[("mc-b.pool.test.", b_port)]);
+    wait_for_names(&mg, std::slice::from_ref(&b)).await;
+    mg.stop().await;
+}

@@ -27,6 +27,7 @@ fn settings() -> PoolSettings {
         keepalive: None,
         failure_limit: 3,
         retry_timeout: Duration::from_secs(1),
+        dns_server: None,
     }
 }
 

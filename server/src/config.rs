@@ -499,6 +499,10 @@ impl TryFrom<Cli> for Config {
             tls,
             tokens,
         };
+        let dns_server = match &members {
+            Some(Source::Srv { resolver, .. }) => *resolver,
+            _ => None,
+        };
         let backend = match members {
             None => Backend::Embedded {
                 max_bytes: cli.embedded_max_bytes,
@@ -512,6 +516,9 @@ impl TryFrom<Cli> for Config {
                     keepalive: (!cli.keepalive.is_zero()).then_some(cli.keepalive),
                     failure_limit: cli.shard_failure_limit.max(1),
                     retry_timeout: cli.shard_retry_timeout,
+                    // The DNS server the SRV records come from also
+                    // resolves the members' names.
+                    dns_server,
                 },
                 on_down: cli.on_shard_down,
                 placement,

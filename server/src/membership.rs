@@ -384,6 +384,12 @@ async fn follow_file(
     }
 }
 
+/// A resolver asking only `server`, for the pool's host names when
+/// `--dns-server` is given; each query waits at most `timeout`.
+pub fn resolver_asking(server: SocketAddr, timeout: Duration) -> Result<TokioResolver, String> {
+    build_resolver(Some(server), timeout)
+}
+
 /// A resolver asking `server`, or the system's configured servers. Each
 /// query waits at most the discovery interval (and at most
 /// [`DNS_TIMEOUT`]), so a DNS server that does not answer delays the next

@@ -6,6 +6,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod dns;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -54,6 +56,15 @@ impl Memcached {
             dir,
         };
         mc.start_on("-1");
+        mc
+    }
+
+    /// Starts memcached on `host:port`.
+    pub fn spawn_at(host: &str, port: u16) -> Memcached {
+        let mut mc = Memcached::spawn_with(&[]);
+        mc.kill();
+        mc.host = host.to_owned();
+        mc.start_on(&port.to_string());
         mc
     }
 

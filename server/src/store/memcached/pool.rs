@@ -362,6 +362,7 @@ mod tests {
             keepalive: None,
             failure_limit: 3,
             retry_timeout: Duration::from_secs(1),
+            dns_server: None,
         }
     }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
+use hickory_resolver::TokioResolver;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -54,6 +55,11 @@ pub struct PoolSettings {
     /// While down, calls fail fast; after this long one call is let through
     /// as a trial (the health probe also brings a shard back).
     pub retry_timeout: Duration,
+    /// The DNS server that resolves server host names (`--dns-server`),
+    /// instead of the system's resolver: the one that also answers the
+    /// pool's SRV records, so a member whose address changes there is
+    /// reached at its new address on the next connect.
+    pub dns_server: Option<std::net::SocketAddr>,
 }
 
 /// Which connections a call uses.
@@ -113,6 +119,8 @@ const MODE_TEXT: u8 = 2;
 pub struct Shard {
     addr: String,
     settings: PoolSettings,
+    /// Resolves the host name when `--dns-server` is given.
+    resolver: Option<Arc<TokioResolver>>,
     single: Vec<Slot>,
     bulk: Vec<Slot>,
     probe: Slot,
@@ -141,7 +149,16 @@ impl Shard {
     /// `metrics`.
     pub fn new(addr: String, settings: PoolSettings, metrics: ShardMetrics) -> Shard {
         let lane = |n: usize| (0..n.max(1)).map(|_| Slot::default()).collect();
+        let resolver = settings.dns_server.and_then(|server| {
+            crate::membership::resolver_asking(server, settings.connect_timeout)
+                .inspect_err(
+                    |e| tracing::error!(shard = %addr, error = %e, "using the system's resolver"),
+                )
+                .ok()
+                .map(Arc::new)
+        });
         Shard {
+            resolver,
             addr,
             single: lane(settings.conns_per_shard),
             bulk: lane(settings.conns_per_shard),
@@ -434,6 +451,7 @@ impl Shard {
         let addr = self.addr.clone();
         let timeout = self.settings.connect_timeout;
         let keepalive = self.settings.keepalive;
+        let resolver = self.resolver.clone();
         let known = self.mode.clone();
         let metrics = self.metrics.clone();
         async move {
@@ -442,14 +460,17 @@ impl Shard {
                 reason,
             };
             let opened = tokio::time::timeout(timeout, async {
-                let mut stream = connect(&addr, keepalive).await?;
+                let mut stream = connect(&addr, keepalive, resolver.as_deref()).await?;
                 if known.load(Ordering::Relaxed) == MODE_TEXT {
                     return Ok((stream, Mode::Text));
                 }
                 match handshake(&mut stream).await? {
                     Some(mode) => Ok((stream, mode)),
                     // It hung up on `mn` (twemproxy does): the text protocol.
-                    None => Ok((connect(&addr, keepalive).await?, Mode::Text)),
+                    None => Ok((
+                        connect(&addr, keepalive, resolver.as_deref()).await?,
+                        Mode::Text,
+                    )),
                 }
             })
             .await
@@ -571,7 +592,8 @@ impl Shard {
     ) -> Result<protocol::Reply, Error> {
         self.admit()?;
         let connect_timeout = self.settings.connect_timeout;
-        let stream = tokio::time::timeout(connect_timeout, connect(&self.addr, None))
+        let resolver = self.resolver.as_deref();
+        let stream = tokio::time::timeout(connect_timeout, connect(&self.addr, None, resolver))
             .await
             .map_err(|_| Error::ShardUnavailable {
                 addr: self.addr.clone(),
@@ -629,8 +651,37 @@ enum HandshakeError {
     Unexpected(String),
 }
 
-async fn connect(addr: &str, keepalive: Option<Duration>) -> Result<TcpStream, std::io::Error> {
-    let stream = TcpStream::connect(addr).await?;
+async fn connect(
+    addr: &str,
+    keepalive: Option<Duration>,
+    resolver: Option<&TokioResolver>,
+) -> Result<TcpStream, std::io::Error> {
+    let stream = match (resolver, addr.rsplit_once(':')) {
+        (Some(resolver), Some((host, port))) if host.parse::<std::net::IpAddr>().is_err() => {
+            let port: u16 = port
+                .parse()
+                .map_err(|_| std::io::Error::other(format!("bad port in {addr}")))?;
+            let ips = resolver
+                .lookup_ip(host)
+                .await
+                .map_err(|e| std::io::Error::other(format!("cannot resolve {host}: {e}")))?;
+            let mut last = None;
+            let mut stream = None;
+            for ip in ips.iter() {
+                match TcpStream::connect((ip, port)).await {
+                    Ok(s) => {
+                        stream = Some(s);
+                        break;
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            stream.ok_or_else(|| {
+                last.unwrap_or_else(|| std::io::Error::other(format!("{host} has no address")))
+            })?
+        }
+        _ => TcpStream::connect(addr).await?,
+    };
     if let Some(idle) = keepalive {
         let keepalive = socket2::TcpKeepalive::new().with_time(idle);
         // Best effort: a platform without keepalive still works.
@@ -680,6 +731,7 @@ mod tests {
                 keepalive: None,
                 failure_limit: 3,
                 retry_timeout,
+                dns_server: None,
             },
             ShardMetrics::default(),
         )
