@@ -288,6 +288,8 @@ fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// Which store serves the keys.
+// Built once at startup and matched once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Backend {
     /// The in-process store, bounded to this many bytes.
