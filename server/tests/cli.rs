@@ -1,20 +1,37 @@
 //! The `memgate` binary's command line: bad flags fail fast with one clear
 //! line and a non-zero exit, never a panic.
 
+use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
+/// `memgate` with none of the caller's MEMGATE_* variables.
+fn memgate_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_memgate"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MEMGATE_") {
+            command.env_remove(name);
+        }
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
 fn memgate(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_memgate"))
-        .args(args)
-        .env_remove("MEMGATE_MEMCACHED")
-        .env_remove("MEMGATE_LISTEN")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = memgate_command().args(args).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    path.to_str().unwrap().to_owned()
 }
 
 #[test]
@@ -170,4 +187,18 @@ async fn sigterm_drains_and_exits_zero() {
         "exited {:?} after SIGTERM with an open Watch (grace 10s)",
         sent.elapsed()
     );
+}
+
+#[test]
+fn an_unknown_key_in_the_file_is_named_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "memgate.toml",
+        "listen = \"127.0.0.1:1\"\ntimeuot = \"1s\"\n",
+    );
+    let (code, stderr) = memgate(&["--config", &file]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("unknown key `timeuot`"), "{stderr}");
+    assert!(stderr.contains(&format!("{file}:2")), "{stderr}");
 }
