@@ -37,6 +37,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Check the configuration (addresses, files, TLS material), print the
+    /// effective configuration as TOML and exit, without serving.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Every setting the command line gave.
     #[command(flatten)]
     pub settings: Flags,
@@ -330,6 +335,8 @@ pub struct Invocation {
     pub settings: Settings,
     /// The configuration file they were read from, if any.
     pub config_file: Option<PathBuf>,
+    /// `--check-config`: validate and print, do not serve.
+    pub check_config: bool,
 }
 
 /// Why [`load`] gave no [`Invocation`].
@@ -357,9 +364,10 @@ pub fn setting_names() -> Vec<String> {
 }
 
 /// The environment variable for the argument `id` (`MEMGATE_` and the
-/// key in capitals), or `None` for one that has none (`--help`).
+/// key in capitals), or `None` for one that has none (`--check-config`).
 pub fn env_var(id: &str) -> Option<String> {
-    (id != "help" && id != "version").then(|| format!("MEMGATE_{}", id.to_ascii_uppercase()))
+    (id != "check_config" && id != "help" && id != "version")
+        .then(|| format!("MEMGATE_{}", id.to_ascii_uppercase()))
 }
 
 /// The clap command: [`Cli`] with each setting's default (from
@@ -432,6 +440,7 @@ where
     Ok(Invocation {
         settings,
         config_file,
+        check_config: cli.check_config,
     })
 }
 
@@ -666,17 +675,19 @@ mod tests {
         assert_eq!(s.list_max_keys, 9, "file over default");
         assert_eq!(s.max_value_bytes, Settings::default().max_value_bytes);
         assert_eq!(invocation.config_file.as_deref(), Some(f.path()));
+        assert!(!invocation.check_config);
     }
 
     #[test]
     fn the_file_can_come_from_the_environment() {
         let f = file("worker_threads = 3\n");
         let path = f.path().as_os_str().to_owned();
-        let invocation = load(["memgate"], |name| {
+        let invocation = load(["memgate", "--check-config"], |name| {
             (name == "MEMGATE_CONFIG").then(|| path.clone())
         })
         .unwrap();
         assert_eq!(invocation.settings.worker_threads, 3);
+        assert!(invocation.check_config);
     }
 
     #[test]
@@ -722,6 +733,7 @@ mod tests {
         let names = setting_names();
         assert!(names.contains(&"max_value_bytes".to_owned()));
         assert!(!names.contains(&"config".to_owned()));
+        assert!(!names.contains(&"check_config".to_owned()));
         // Every key the defaults write is a flag: nothing is file-only.
         let defaults = toml::Table::try_from(Settings::default()).unwrap();
         for key in defaults.keys() {
@@ -737,6 +749,7 @@ mod tests {
             "[default: 127.0.0.1:50051] [env: MEMGATE_LISTEN]",
             "[default: 1048576] [env: MEMGATE_MAX_VALUE_BYTES]",
             "[env: MEMGATE_CONFIG]",
+            "--check-config",
         ] {
             assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
         }

@@ -5,6 +5,7 @@
 //! does. `main.rs` only parses flags, sets up logging and calls it.
 
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod drain;

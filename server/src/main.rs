@@ -5,6 +5,7 @@
 /// per call (keys, replies, HTTP/2 frames); see the README's benchmarks.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use memgate_server::check;
 use memgate_server::cli::{self, LoadError};
 use memgate_server::config::Config;
 use tokio::net::TcpListener;
@@ -17,6 +18,21 @@ fn main() {
         Err(LoadError::Usage(e)) => e.exit(),
         Err(LoadError::Config(e)) => fail(&e),
     };
+    if invocation.check_config {
+        // Every check, then the effective configuration on stdout; nothing
+        // is bound or connected.
+        match check::check(&invocation.settings) {
+            Ok(checked) => {
+                let config_file = invocation.config_file.as_deref();
+                print!(
+                    "{}",
+                    check::report(&invocation.settings, config_file, &checked)
+                );
+                return;
+            }
+            Err(e) => fail(&e),
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("MEMGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
