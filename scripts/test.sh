@@ -13,6 +13,9 @@ scripts/setup.sh
 tests/tools/proto-check-selftest.sh
 cargo test --workspace
 cargo build -p memgate-server -p memgate-client
+# The example documents every setting at its default; it must stay valid.
+cargo run -q -p memgate-server --bin memgate -- \
+  --config deploy/memgate.example.toml --check-config
 scripts/with-stack.sh tests/tools/grpcurl-session.sh
 scripts/with-stack.sh tests/tools/cli-session.sh
 for lang in python node go; do

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use clap::Parser;
 use common::{Memcached, Memgate, eventually, pool, unique};
 use memgate_api::v1 as pb;
-use memgate_server::config::{Cli, Config};
+use memgate_server::config::{Config, Settings};
 use memgate_server::store::memcached::ring::{Placement, Ring, ShardSpec};
 
 /// Replaces the members file the way an editor or a deploy tool does:
@@ -31,17 +30,13 @@ fn write_text(path: &Path, text: &str) {
 }
 
 fn config(path: &Path) -> Config {
-    let cli = Cli::try_parse_from([
-        "memgate",
-        "--listen",
-        "127.0.0.1:0",
-        "--memcached-file",
-        path.to_str().unwrap(),
-        "--discovery-interval",
-        "1s",
-    ])
-    .unwrap();
-    Config::try_from(cli).unwrap()
+    Config::try_from(Settings {
+        listen: "127.0.0.1:0".to_owned(),
+        memcached_file: Some(path.to_owned()),
+        discovery_interval: Duration::from_secs(1),
+        ..Settings::default()
+    })
+    .unwrap()
 }
 
 /// The servers memgate's pool has now, from Stats.
@@ -321,19 +316,15 @@ async fn srv_members_join_leave_and_are_followed_to_a_new_address() {
         format!("mc-b.pool.test:{b_port}"),
     );
 
-    let cli = Cli::try_parse_from([
-        "memgate",
-        "--listen",
-        "127.0.0.1:0",
-        "--memcached-srv",
-        POOL,
-        "--dns-server",
-        &dns.addr.to_string(),
-        "--discovery-interval",
-        "1s",
-    ])
+    let config = Config::try_from(Settings {
+        listen: "127.0.0.1:0".to_owned(),
+        memcached_srv: Some(POOL.to_owned()),
+        dns_server: Some(dns.addr.to_string()),
+        discovery_interval: Duration::from_secs(1),
+        ..Settings::default()
+    })
     .unwrap();
-    let mg = Memgate::start(Config::try_from(cli).unwrap()).await;
+    let mg = Memgate::start(config).await;
     wait_for_names(&mg, std::slice::from_ref(&a)).await;
     let keys: Vec<String> = (0..300).map(|i| unique(&format!("srv{i}-"))).collect();
     set_all(&mg, &keys).await;

@@ -45,6 +45,11 @@ impl Tokens {
         Ok(Tokens(Arc::new(tokens)))
     }
 
+    /// How many tokens are accepted.
+    pub fn count(&self) -> usize {
+        self.0.len()
+    }
+
     /// True if `presented` equals one of the tokens.
     pub fn accepts(&self, presented: &[u8]) -> bool {
         // Check every token, without stopping at a match.

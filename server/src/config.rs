@@ -1,11 +1,18 @@
-//! Command-line flags (each also an environment variable) and the typed,
-//! validated [`Config`] they become before anything binds or connects.
+//! memgate's settings and the typed, validated [`Config`] they become before
+//! anything binds or connects.
+//!
+//! [`Settings`] is every setting as one flat record, spelled as the
+//! configuration file spells it (`max_value_bytes`); its `Default` holds
+//! every built-in default, and nothing else does. A TOML file sets some of
+//! them ([`Settings::from_toml`]); the command line and `MEMGATE_*`
+//! variables are layered over that by [`crate::cli`]. Nothing here reads
+//! the process environment or exits.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::Tokens;
 use crate::membership::Source;
@@ -16,6 +23,11 @@ use crate::store::memcached::shard::PoolSettings;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default period of re-reading --memcached-file and resolving
+/// --memcached-srv.
+pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
+/// Default TTL for Sets that give none: never expires.
+pub const DEFAULT_TTL: u32 = 0;
 /// Default largest value: 1 MiB (a memcached shard's own limit may be lower).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Default largest batch.
@@ -26,200 +38,270 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_INFLIGHT_BYTES: usize = 64 * 1024 * 1024;
 /// Default and largest number of keys one List returns.
 pub const DEFAULT_LIST_MAX_KEYS: usize = 10_000;
+/// Default longest wait for a memcached reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default longest wait for a connection to memcached and its handshake.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default pipelined connections per memcached server (measured: one lets
+/// the most requests share each write).
+pub const DEFAULT_MAX_IDLE_CONNS: usize = 1;
+/// Default TCP keepalive on memcached connections.
+pub const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Default consecutive failures that mark a memcached server down.
+pub const DEFAULT_SHARD_FAILURE_LIMIT: u32 = 3;
+/// Default interval between trial calls to a server marked down.
+pub const DEFAULT_SHARD_RETRY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time reads fall back to a key's previous server after the pool
+/// changes.
+pub const DEFAULT_REBALANCE_WINDOW: Duration = Duration::from_secs(600);
+/// Default most fallback reads per second during the rebalance window.
+pub const DEFAULT_REBALANCE_FALLBACK_RATE: u32 = 10_000;
+/// Default shard probe period.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 /// Default size of the embedded store.
 pub const DEFAULT_EMBEDDED_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Default bound on Cache calls in flight, server-wide.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 4096;
+/// Default HTTP/2 MAX_CONCURRENT_STREAMS per client connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Default threads serving calls: one event loop (the least CPU per call,
+/// measured).
+pub const DEFAULT_WORKER_THREADS: usize = 1;
+/// Default HTTP/2 PING interval on idle client connections.
+pub const DEFAULT_HTTP2_KEEPALIVE: Duration = Duration::from_secs(30);
+/// Default bound on draining unary calls at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Room in a gRPC message for everything but the value.
 pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
 
-/// memgate: a gRPC cache service in front of a sharded memcached pool.
-///
-/// With no --memcached servers it serves from an embedded in-process store.
-#[derive(Debug, Clone, Parser)]
-#[command(name = "memgate", version, about, long_about = None)]
-pub struct Cli {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "MEMGATE_LISTEN", default_value = DEFAULT_LISTEN)]
+/// Every setting, unvalidated, as the configuration file names it. Each
+/// field is also a flag (`--max-value-bytes`) and an environment variable
+/// (`MEMGATE_MAX_VALUE_BYTES`); see [`crate::cli`] for what each means.
+/// Durations are humantime strings (`"1s"`, `"250ms"`), as on the command
+/// line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)] // documented once, on the flags and in the example file
+pub struct Settings {
     pub listen: String,
-
-    /// memcached servers, comma-separated `host:port[:weight]`. Keys are
-    /// spread over them by consistent hashing. Empty: the embedded store.
-    #[arg(long, env = "MEMGATE_MEMCACHED", value_delimiter = ',', num_args = 0..)]
     pub memcached: Vec<String>,
-
-    /// memcached servers from a file, one `host:port[:weight]` per line
-    /// (`#` comments). Re-read when it changes, on SIGHUP and every
-    /// --discovery-interval; a bad update keeps the current servers.
-    #[arg(long, env = "MEMGATE_MEMCACHED_FILE", conflicts_with_all = ["memcached", "memcached_srv"])]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memcached_file: Option<PathBuf>,
-
-    /// memcached servers from the DNS SRV records of this name (e.g. a
-    /// Kubernetes headless Service), resolved every --discovery-interval.
-    /// Members are named by the records' target hostnames.
-    #[arg(long, env = "MEMGATE_MEMCACHED_SRV", conflicts_with = "memcached")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memcached_srv: Option<String>,
-
-    /// How often --memcached-srv is resolved and --memcached-file re-read
-    /// (the file is also re-read as soon as it changes).
-    #[arg(long, env = "MEMGATE_DISCOVERY_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration")]
     pub discovery_interval: Duration,
-
-    /// The DNS server --memcached-srv asks (`ip[:port]`, port 53 by
-    /// default) instead of the system's: for tests and special setups.
-    #[arg(long, env = "MEMGATE_DNS_SERVER", requires = "memcached_srv")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_server: Option<String>,
-
-    /// TTL in seconds for Sets that give none (0: never expires).
-    #[arg(long, env = "MEMGATE_DEFAULT_TTL", default_value_t = 0)]
     pub default_ttl: u32,
-
-    /// Largest value accepted, in bytes. A shard whose item_size_max is
-    /// smaller lowers it further for its keys.
-    #[arg(long, env = "MEMGATE_MAX_VALUE_BYTES", default_value_t = DEFAULT_MAX_VALUE_BYTES)]
     pub max_value_bytes: usize,
-
-    /// Most keys (or items) in one batch request.
-    #[arg(long, env = "MEMGATE_MAX_BATCH_KEYS", default_value_t = DEFAULT_MAX_BATCH_KEYS)]
     pub max_batch_keys: usize,
-
-    /// Largest gRPC message accepted or sent, in bytes. Must exceed
-    /// --max-value-bytes; clients should raise their receive limit to match.
-    #[arg(long, env = "MEMGATE_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-
-    /// Bytes of values memgate holds for all calls at once (read from
-    /// memcached, not yet sent). A call that would go past it is refused
-    /// with RESOURCE_EXHAUSTED rather than let memory grow; keep it well
-    /// under the process's memory limit.
-    #[arg(long, env = "MEMGATE_MAX_INFLIGHT_BYTES", default_value_t = DEFAULT_MAX_INFLIGHT_BYTES)]
     pub max_inflight_bytes: usize,
-
-    /// Most keys one List returns (its `limit` 0 means this).
-    #[arg(long, env = "MEMGATE_LIST_MAX_KEYS", default_value_t = DEFAULT_LIST_MAX_KEYS)]
     pub list_max_keys: usize,
-
-    /// Longest wait for a memcached reply, e.g. `500ms`.
-    #[arg(long, env = "MEMGATE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration")]
     pub timeout: Duration,
-
-    /// Longest wait for a TCP connection to memcached.
-    #[arg(long, env = "MEMGATE_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration")]
     pub connect_timeout: Duration,
-
-    /// Pipelined connections to each memcached server for single-key calls
-    /// (batches get as many again, health probes one). One, the default,
-    /// lets the most requests share each write (measured: less CPU per call
-    /// for memgate and memcached alike); more spreads one memgate's load
-    /// over more of a server's worker threads.
-    #[arg(long, env = "MEMGATE_MAX_IDLE_CONNS", default_value_t = 1)]
     pub max_idle_conns: usize,
-
-    /// TCP keepalive idle time on memcached connections (`0s`: off).
-    #[arg(long, env = "MEMGATE_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration")]
     pub keepalive: Duration,
-
-    /// Consecutive failures (errors or timeouts) after which a memcached
-    /// server is marked down and its keys fail fast.
-    #[arg(long, env = "MEMGATE_SHARD_FAILURE_LIMIT", default_value_t = 3)]
     pub shard_failure_limit: u32,
-
-    /// While a server is down, one trial call is let through this often;
-    /// the health probe also brings it back as soon as it answers.
-    #[arg(long, env = "MEMGATE_SHARD_RETRY_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration")]
     pub shard_retry_timeout: Duration,
-
-    /// What happens to the keys of a server marked down: `fail` (fast
-    /// UNAVAILABLE) or `reroute` (to the next live server on the ring).
-    #[arg(long, env = "MEMGATE_ON_SHARD_DOWN", value_enum, default_value_t = OnShardDown::Fail)]
+    #[serde(with = "value_enum")]
     pub on_shard_down: OnShardDown,
-
-    /// How often every shard is probed for the health service.
-    #[arg(long, env = "MEMGATE_HEALTH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration")]
     pub health_interval: Duration,
-
-    /// Memory bound of the embedded store, in bytes.
-    #[arg(long, env = "MEMGATE_EMBEDDED_MAX_BYTES", default_value_t = DEFAULT_EMBEDDED_MAX_BYTES)]
     pub embedded_max_bytes: u64,
-
-    /// Turn off gRPC server reflection (on by default so grpcurl works
-    /// without the .proto).
-    #[arg(long, env = "MEMGATE_NO_REFLECTION")]
     pub no_reflection: bool,
-
-    /// Most Cache calls in flight across the whole server; more are refused
-    /// at once with RESOURCE_EXHAUSTED (health and reflection are exempt).
-    #[arg(long, env = "MEMGATE_MAX_CONCURRENT_CALLS", default_value_t = 4096)]
     pub max_concurrent_calls: usize,
-
-    /// HTTP/2 MAX_CONCURRENT_STREAMS advertised to each client connection.
-    #[arg(long, env = "MEMGATE_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
     pub max_concurrent_streams: u32,
-
-    /// Threads serving calls. 1 (the default) runs everything on one
-    /// event loop, as twemproxy does: the least CPU per call, measured
-    /// (see the README's benchmarks); scale out with replicas. More than 1
-    /// uses tokio's work-stealing scheduler over that many threads.
-    #[arg(long, env = "MEMGATE_WORKER_THREADS", default_value_t = 1)]
     pub worker_threads: usize,
-
-    /// HTTP/2 PING interval on idle client connections (`0s`: off).
-    #[arg(long, env = "MEMGATE_HTTP2_KEEPALIVE", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration")]
     pub http2_keepalive: Duration,
-
-    /// On SIGTERM: how long unary calls in flight may take to finish before
-    /// memgate closes their connections and exits (open streams end at once
-    /// with UNAVAILABLE).
-    #[arg(long, env = "MEMGATE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
-
-    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
-    #[arg(long, env = "MEMGATE_TLS_CERT", requires = "tls_key")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
-
-    /// The private key (PEM) for --tls-cert.
-    #[arg(long, env = "MEMGATE_TLS_KEY", requires = "tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
-
-    /// Require client certificates signed by this CA (PEM): mutual TLS.
-    #[arg(long, env = "MEMGATE_TLS_CLIENT_CA", requires = "tls_cert")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
-
-    /// Require `authorization: Bearer <token>` on Cache calls, with the
-    /// tokens in this file (one per line). Health and reflection stay open.
-    #[arg(long, env = "MEMGATE_AUTH_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token_file: Option<PathBuf>,
-
-    /// How keys are spread over the servers: `ring` (memgate's own) or
-    /// `ketama`, placing every key exactly where twemproxy (nutcracker)
-    /// with `distribution: ketama` and the same `hash` puts it (with
-    /// `--hash md5`, where libmemcached's ketama puts it).
-    #[arg(long, env = "MEMGATE_DISTRIBUTION", value_enum, default_value_t = Distribution::Ring)]
+    #[serde(with = "value_enum")]
     pub distribution: Distribution,
-
-    /// The key hash of `--distribution ketama` (twemproxy's `hash:`
-    /// setting; its default is fnv1a_64).
-    #[arg(long, env = "MEMGATE_HASH", value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "value_enum::option")]
     pub hash: Option<KeyHash>,
-
-    /// After the pool changes, for this long a read that misses on a key's
-    /// new server falls back to its previous server and copies what it
-    /// finds (no cold cache for moved keys); writes and deletes also
-    /// delete the old copy. 0s: off.
-    #[arg(long, env = "MEMGATE_REBALANCE_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[serde(with = "duration")]
     pub rebalance_window: Duration,
-
-    /// Most fallback reads per second during the rebalance window (more
-    /// misses stay misses), bounding the extra load on the old servers.
-    #[arg(
-        long,
-        env = "MEMGATE_REBALANCE_FALLBACK_RATE",
-        default_value_t = 10_000
-    )]
     pub rebalance_fallback_rate: u32,
-
-    /// Serve Prometheus metrics on http://ADDR/metrics (e.g.
-    /// 127.0.0.1:9090). Off when not given: nothing is recorded.
-    #[arg(long, env = "MEMGATE_METRICS_LISTEN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+}
+
+impl Default for Settings {
+    /// The built-in defaults: the only place they are spelled out.
+    fn default() -> Self {
+        Settings {
+            listen: DEFAULT_LISTEN.to_owned(),
+            memcached: Vec::new(),
+            memcached_file: None,
+            memcached_srv: None,
+            discovery_interval: DEFAULT_DISCOVERY_INTERVAL,
+            dns_server: None,
+            default_ttl: DEFAULT_TTL,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
+            list_max_keys: DEFAULT_LIST_MAX_KEYS,
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_idle_conns: DEFAULT_MAX_IDLE_CONNS,
+            keepalive: DEFAULT_KEEPALIVE,
+            shard_failure_limit: DEFAULT_SHARD_FAILURE_LIMIT,
+            shard_retry_timeout: DEFAULT_SHARD_RETRY_TIMEOUT,
+            on_shard_down: OnShardDown::Fail,
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+            embedded_max_bytes: DEFAULT_EMBEDDED_MAX_BYTES,
+            no_reflection: false,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            worker_threads: DEFAULT_WORKER_THREADS,
+            http2_keepalive: DEFAULT_HTTP2_KEEPALIVE,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth_token_file: None,
+            distribution: Distribution::Ring,
+            hash: None,
+            rebalance_window: DEFAULT_REBALANCE_WINDOW,
+            rebalance_fallback_rate: DEFAULT_REBALANCE_FALLBACK_RATE,
+            metrics_listen: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads a configuration file: the keys it sets over the defaults.
+    pub fn from_file(path: &Path) -> Result<Settings, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("config file {}: {e}", path.display()))?;
+        Settings::from_toml(&text, path)
+    }
+
+    /// Parses a configuration file's text (`path` only names it in
+    /// errors). Keys it leaves out keep their defaults; a key memgate does
+    /// not know, or a value of the wrong type, is an error naming the file,
+    /// the line and the key.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start].matches('\n').count() + 1);
+            let at = line.map_or_else(String::new, |n| format!(":{n}"));
+            let message = match e.message().split_once(", expected") {
+                // serde lists every key it expected; the example file does
+                // that better than one long line.
+                Some((unknown, _)) if unknown.starts_with("unknown field") => {
+                    unknown.replace("unknown field", "unknown key")
+                }
+                // A wrong value: quote its line, which names the key.
+                _ => match line.and_then(|n| text.lines().nth(n - 1)) {
+                    Some(source) if !source.trim().is_empty() => {
+                        format!("{} (`{}`)", e.message(), source.trim())
+                    }
+                    _ => e.message().to_owned(),
+                },
+            };
+            format!("config file {}{at}: {message}", path.display())
+        })
+    }
+
+    /// Sets the keys of `layer` (a table of the same shape, e.g. what the
+    /// command line gave) over these settings: each key in `layer` wins.
+    pub fn overlay(self, layer: toml::Table) -> Result<Settings, String> {
+        let mut table = toml::Table::try_from(self).map_err(|e| e.to_string())?;
+        table.extend(layer);
+        table.try_into().map_err(|e: toml::de::Error| e.to_string())
+    }
+
+    /// The settings as a TOML document, in the configuration file's format.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("every setting has a TOML form")
+    }
+}
+
+/// Durations as humantime strings (`"1s"`, `"1m 30s"`), the flags' format.
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `d` as humantime (`"1s"`).
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    /// Reads a humantime string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like \"1s\": {e}"))
+        })
+    }
+}
+
+/// Choices (`on_shard_down = "fail"`) by the names their flags take.
+pub mod value_enum {
+    use clap::ValueEnum;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes the flag's name for `v`.
+    pub fn serialize<S: Serializer, E: ValueEnum>(v: &E, s: S) -> Result<S::Ok, S::Error> {
+        let name = v.to_possible_value().expect("no variant is skipped");
+        s.serialize_str(name.get_name())
+    }
+
+    /// Reads one of the flag's names.
+    pub fn deserialize<'de, D: Deserializer<'de>, E: ValueEnum>(d: D) -> Result<E, D::Error> {
+        let text = String::deserialize(d)?;
+        E::from_str(&text, false).map_err(|_| {
+            let names: Vec<String> = E::value_variants()
+                .iter()
+                .filter_map(|v| v.to_possible_value())
+                .map(|v| format!("{:?}", v.get_name()))
+                .collect();
+            serde::de::Error::custom(format!("{text:?} is not one of {}", names.join(", ")))
+        })
+    }
+
+    /// The same for an optional choice.
+    pub mod option {
+        use clap::ValueEnum;
+        use serde::{Deserializer, Serializer};
+
+        /// Writes the flag's name, if any.
+        pub fn serialize<S: Serializer, E: ValueEnum>(
+            v: &Option<E>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match v {
+                Some(v) => super::serialize(v, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads one of the flag's names.
+        pub fn deserialize<'de, D: Deserializer<'de>, E: ValueEnum>(
+            d: D,
+        ) -> Result<Option<E>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
 }
 
 /// What happens while keys move after a membership change.
@@ -267,20 +349,6 @@ pub struct ServerSettings {
     pub tls: Option<TlsFiles>,
     /// Accepted bearer tokens, if required.
     pub tokens: Option<Tokens>,
-}
-
-impl Default for ServerSettings {
-    fn default() -> Self {
-        ServerSettings {
-            max_concurrent_calls: 4096,
-            max_concurrent_streams: 1024,
-            http2_keepalive: Some(Duration::from_secs(30)),
-            shutdown_grace: Duration::from_secs(10),
-            worker_threads: 1,
-            tls: None,
-            tokens: None,
-        }
-    }
 }
 
 fn read_file(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
@@ -331,19 +399,6 @@ pub struct Limits {
     pub list_max_keys: usize,
 }
 
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            default_ttl: 0,
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-            max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
-            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-            max_inflight_bytes: DEFAULT_MAX_INFLIGHT_BYTES,
-            list_max_keys: DEFAULT_LIST_MAX_KEYS,
-        }
-    }
-}
-
 /// Everything memgate needs to run, validated.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -364,47 +419,44 @@ pub struct Config {
 }
 
 impl Config {
-    /// A config for the embedded store with default limits.
+    /// A config for the embedded store with default settings.
     pub fn embedded(listen: SocketAddr) -> Config {
-        Config {
-            listen,
-            backend: Backend::Embedded {
-                max_bytes: DEFAULT_EMBEDDED_MAX_BYTES,
-            },
-            limits: Limits::default(),
-            health_interval: Duration::from_secs(1),
-            reflection: true,
-            server: ServerSettings::default(),
-            metrics_listen: None,
+        Settings {
+            listen: listen.to_string(),
+            ..Settings::default()
         }
+        .try_into()
+        .expect("the defaults are valid")
     }
 
     /// A config for a memcached pool at `addrs` with default settings.
     pub fn memcached(listen: SocketAddr, addrs: &[String]) -> Result<Config, String> {
-        let mut cli = Cli::parse_from(["memgate"]);
-        cli.listen = listen.to_string();
-        cli.memcached = addrs.to_vec();
-        cli.try_into()
+        Settings {
+            listen: listen.to_string(),
+            memcached: addrs.to_vec(),
+            ..Settings::default()
+        }
+        .try_into()
     }
 }
 
-impl TryFrom<Cli> for Config {
+impl TryFrom<Settings> for Config {
     type Error = String;
 
-    fn try_from(cli: Cli) -> Result<Config, String> {
-        let listen = cli.listen.parse::<SocketAddr>().map_err(|e| {
+    fn try_from(s: Settings) -> Result<Config, String> {
+        let listen = s.listen.parse::<SocketAddr>().map_err(|e| {
             format!(
                 "--listen {:?} is not an address like 127.0.0.1:50051: {e}",
-                cli.listen
+                s.listen
             )
         })?;
-        let metrics_listen = match &cli.metrics_listen {
+        let metrics_listen = match &s.metrics_listen {
             Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
                 format!("--metrics-listen {addr:?} is not an address like 127.0.0.1:9090: {e}")
             })?),
             None => None,
         };
-        let shards = cli
+        let shards = s
             .memcached
             .iter()
             .map(|s| s.trim())
@@ -412,76 +464,81 @@ impl TryFrom<Cli> for Config {
             .map(str::parse::<ShardSpec>)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("--memcached: {e}"))?;
-        if cli.hash.is_some() && cli.distribution != Distribution::Ketama {
+        if s.hash.is_some() && s.distribution != Distribution::Ketama {
             return Err(
                 "--hash chooses the key hash of --distribution ketama; the default ring has its own"
                     .to_owned(),
             );
         }
         let placement = Placement {
-            distribution: cli.distribution,
-            hash: cli.hash.unwrap_or_default(),
+            distribution: s.distribution,
+            hash: s.hash.unwrap_or_default(),
         };
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = shards.iter().find(|s| !seen.insert(&s.addr)) {
             return Err(format!("--memcached lists {} twice", dup.addr));
         }
-        if !cli.memcached.is_empty() && shards.is_empty() {
+        if !s.memcached.is_empty() && shards.is_empty() {
             return Err("--memcached was given but names no server".to_owned());
         }
-        let members = membership_source(&cli, shards)?;
-        if cli.max_value_bytes == 0 {
+        let members = membership_source(&s, shards)?;
+        if s.max_value_bytes == 0 {
             return Err("--max-value-bytes must be at least 1".to_owned());
         }
-        if cli.max_batch_keys == 0 || cli.list_max_keys == 0 || cli.max_idle_conns == 0 {
+        if s.max_batch_keys == 0 || s.list_max_keys == 0 || s.max_idle_conns == 0 {
             return Err(
                 "--max-batch-keys, --list-max-keys and --max-idle-conns must be at least 1"
                     .to_owned(),
             );
         }
-        if cli.max_message_bytes < cli.max_value_bytes + MESSAGE_OVERHEAD {
+        if s.max_message_bytes < s.max_value_bytes + MESSAGE_OVERHEAD {
             return Err(format!(
                 "--max-message-bytes ({}) must be at least --max-value-bytes + {MESSAGE_OVERHEAD} ({})",
-                cli.max_message_bytes,
-                cli.max_value_bytes + MESSAGE_OVERHEAD
+                s.max_message_bytes,
+                s.max_value_bytes + MESSAGE_OVERHEAD
             ));
         }
-        if cli.max_inflight_bytes < cli.max_value_bytes + MESSAGE_OVERHEAD {
+        if s.max_inflight_bytes < s.max_value_bytes + MESSAGE_OVERHEAD {
             return Err(format!(
                 "--max-inflight-bytes ({}) must be at least --max-value-bytes + {MESSAGE_OVERHEAD} ({}), or no value could ever be read",
-                cli.max_inflight_bytes,
-                cli.max_value_bytes + MESSAGE_OVERHEAD
+                s.max_inflight_bytes,
+                s.max_value_bytes + MESSAGE_OVERHEAD
             ));
         }
         for (flag, d) in [
-            ("--timeout", cli.timeout),
-            ("--connect-timeout", cli.connect_timeout),
-            ("--health-interval", cli.health_interval),
+            ("--timeout", s.timeout),
+            ("--connect-timeout", s.connect_timeout),
+            ("--health-interval", s.health_interval),
         ] {
             if d.is_zero() {
                 return Err(format!("{flag} must be longer than zero"));
             }
         }
-        if cli.worker_threads == 0 {
+        if s.worker_threads == 0 {
             return Err("--worker-threads must be at least 1".to_owned());
         }
-        if cli.max_concurrent_calls == 0 || cli.max_concurrent_streams == 0 {
+        if s.max_concurrent_calls == 0 || s.max_concurrent_streams == 0 {
             return Err(
                 "--max-concurrent-calls and --max-concurrent-streams must be at least 1".to_owned(),
             );
         }
-        let tls = match (&cli.tls_cert, &cli.tls_key) {
+        let tls = match (&s.tls_cert, &s.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
                 cert: read_file("--tls-cert", cert)?,
                 key: read_file("--tls-key", key)?,
-                client_ca: match &cli.tls_client_ca {
+                client_ca: match &s.tls_client_ca {
                     Some(ca) => Some(read_file("--tls-client-ca", ca)?),
                     None => None,
                 },
             }),
-            _ => None,
+            (None, None) if s.tls_client_ca.is_some() => {
+                return Err("--tls-client-ca needs --tls-cert and --tls-key".to_owned());
+            }
+            (None, None) => None,
+            (Some(_), None) => return Err("--tls-cert needs --tls-key".to_owned()),
+            (None, Some(_)) => return Err("--tls-key needs --tls-cert".to_owned()),
         };
-        let tokens = match &cli.auth_token_file {
+        let tokens = match &s.auth_token_file {
             Some(path) => {
                 let text = String::from_utf8(read_file("--auth-token-file", path)?)
                     .map_err(|_| format!("--auth-token-file {}: not UTF-8 text", path.display()))?;
@@ -493,11 +550,11 @@ impl TryFrom<Cli> for Config {
             None => None,
         };
         let server = ServerSettings {
-            max_concurrent_calls: cli.max_concurrent_calls,
-            max_concurrent_streams: cli.max_concurrent_streams,
-            http2_keepalive: (!cli.http2_keepalive.is_zero()).then_some(cli.http2_keepalive),
-            shutdown_grace: cli.shutdown_grace,
-            worker_threads: cli.worker_threads,
+            max_concurrent_calls: s.max_concurrent_calls,
+            max_concurrent_streams: s.max_concurrent_streams,
+            http2_keepalive: (!s.http2_keepalive.is_zero()).then_some(s.http2_keepalive),
+            shutdown_grace: s.shutdown_grace,
+            worker_threads: s.worker_threads,
             tls,
             tokens,
         };
@@ -507,26 +564,26 @@ impl TryFrom<Cli> for Config {
         };
         let backend = match members {
             None => Backend::Embedded {
-                max_bytes: cli.embedded_max_bytes,
+                max_bytes: s.embedded_max_bytes,
             },
             Some(members) => Backend::Memcached {
                 members,
                 pool: PoolSettings {
-                    timeout: cli.timeout,
-                    connect_timeout: cli.connect_timeout,
-                    conns_per_shard: cli.max_idle_conns,
-                    keepalive: (!cli.keepalive.is_zero()).then_some(cli.keepalive),
-                    failure_limit: cli.shard_failure_limit.max(1),
-                    retry_timeout: cli.shard_retry_timeout,
+                    timeout: s.timeout,
+                    connect_timeout: s.connect_timeout,
+                    conns_per_shard: s.max_idle_conns,
+                    keepalive: (!s.keepalive.is_zero()).then_some(s.keepalive),
+                    failure_limit: s.shard_failure_limit.max(1),
+                    retry_timeout: s.shard_retry_timeout,
                     // The DNS server the SRV records come from also
                     // resolves the members' names.
                     dns_server,
                 },
-                on_down: cli.on_shard_down,
+                on_down: s.on_shard_down,
                 placement,
                 rebalance: Rebalance {
-                    window: cli.rebalance_window,
-                    fallback_rate: cli.rebalance_fallback_rate,
+                    window: s.rebalance_window,
+                    fallback_rate: s.rebalance_fallback_rate,
                 },
             },
         };
@@ -534,38 +591,56 @@ impl TryFrom<Cli> for Config {
             listen,
             backend,
             limits: Limits {
-                default_ttl: cli.default_ttl,
-                max_value_bytes: cli.max_value_bytes,
-                max_batch_keys: cli.max_batch_keys,
-                max_message_bytes: cli.max_message_bytes,
-                max_inflight_bytes: cli.max_inflight_bytes,
-                list_max_keys: cli.list_max_keys,
+                default_ttl: s.default_ttl,
+                max_value_bytes: s.max_value_bytes,
+                max_batch_keys: s.max_batch_keys,
+                max_message_bytes: s.max_message_bytes,
+                max_inflight_bytes: s.max_inflight_bytes,
+                list_max_keys: s.list_max_keys,
             },
-            health_interval: cli.health_interval,
-            reflection: !cli.no_reflection,
+            health_interval: s.health_interval,
+            reflection: !s.no_reflection,
             server,
             metrics_listen,
         })
     }
 }
 
-/// The membership source the flags name, if any (`None`: the embedded
-/// store). clap already refuses two sources at once.
-fn membership_source(cli: &Cli, shards: Vec<ShardSpec>) -> Result<Option<Source>, String> {
-    if cli.discovery_interval.is_zero() {
+/// The membership source the settings name, if any (`None`: the embedded
+/// store). At most one of --memcached, --memcached-file and
+/// --memcached-srv.
+fn membership_source(s: &Settings, shards: Vec<ShardSpec>) -> Result<Option<Source>, String> {
+    let given: Vec<&str> = [
+        (!s.memcached.is_empty(), "--memcached"),
+        (s.memcached_file.is_some(), "--memcached-file"),
+        (s.memcached_srv.is_some(), "--memcached-srv"),
+    ]
+    .into_iter()
+    .filter_map(|(given, flag)| given.then_some(flag))
+    .collect();
+    if given.len() > 1 {
+        return Err(format!(
+            "{} each name the servers: give one",
+            given.join(" and ")
+        ));
+    }
+    if s.dns_server.is_some() && s.memcached_srv.is_none() {
+        return Err("--dns-server is only for --memcached-srv".to_owned());
+    }
+    if s.discovery_interval.is_zero() {
         return Err("--discovery-interval must be longer than zero".to_owned());
     }
-    if let Some(path) = &cli.memcached_file {
+    if let Some(path) = &s.memcached_file {
         return Ok(Some(Source::File {
             path: path.clone(),
-            poll: cli.discovery_interval,
+            poll: s.discovery_interval,
         }));
     }
-    if let Some(name) = &cli.memcached_srv {
+    if let Some(name) = &s.memcached_srv {
         if name.trim().is_empty() {
             return Err("--memcached-srv names no DNS name".to_owned());
         }
-        let resolver = match &cli.dns_server {
+        let resolver = match &s.dns_server {
             Some(addr) => Some(
                 addr.parse::<SocketAddr>()
                     .or_else(|_| {
@@ -582,7 +657,7 @@ fn membership_source(cli: &Cli, shards: Vec<ShardSpec>) -> Result<Option<Source>
         };
         return Ok(Some(Source::Srv {
             name: name.trim().to_owned(),
-            interval: cli.discovery_interval,
+            interval: s.discovery_interval,
             resolver,
         }));
     }
@@ -593,173 +668,114 @@ fn membership_source(cli: &Cli, shards: Vec<ShardSpec>) -> Result<Option<Source>
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config, String> {
-        let mut all = vec!["memgate"];
-        all.extend_from_slice(args);
-        Cli::try_parse_from(all)
-            .map_err(|e| e.to_string())?
-            .try_into()
+    fn from_toml(text: &str) -> Result<Settings, String> {
+        Settings::from_toml(text, Path::new("/etc/memgate/memgate.toml"))
     }
 
     #[test]
-    fn ketama_takes_a_hash_and_the_ring_refuses_one() {
-        let c = parse(&[
-            "--memcached",
-            "a:1",
-            "--distribution",
-            "ketama",
-            "--hash",
-            "md5",
-        ])
+    fn the_defaults_are_a_valid_embedded_config() {
+        let c = Config::try_from(Settings::default()).unwrap();
+        assert!(
+            matches!(c.backend, Backend::Embedded { max_bytes } if max_bytes == DEFAULT_EMBEDDED_MAX_BYTES)
+        );
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.server.http2_keepalive, Some(DEFAULT_HTTP2_KEEPALIVE));
+        assert!(c.reflection);
+    }
+
+    #[test]
+    fn a_file_sets_what_it_names_and_leaves_the_rest() {
+        let s = from_toml(
+            r#"
+            listen = "0.0.0.0:50051"
+            memcached = ["10.0.0.1:11211", "10.0.0.2:11211:2"]
+            timeout = "250ms"
+            on_shard_down = "reroute"
+            tls_cert = "/etc/memgate/cert.pem"
+            "#,
+        )
         .unwrap();
-        let Backend::Memcached { placement, .. } = c.backend else {
-            panic!("memcached backend")
-        };
-        assert_eq!(placement.distribution, Distribution::Ketama);
-        assert_eq!(placement.hash, KeyHash::Md5);
-        let c = parse(&["--memcached", "a:1", "--distribution", "ketama"]).unwrap();
-        let Backend::Memcached { placement, .. } = c.backend else {
-            panic!("memcached backend")
-        };
-        assert_eq!(placement.hash, KeyHash::Fnv1a64, "twemproxy's default");
-        let err = parse(&["--memcached", "a:1", "--hash", "md5"]).unwrap_err();
-        assert!(err.contains("--distribution ketama"), "{err}");
+        assert_eq!(s.listen, "0.0.0.0:50051");
+        assert_eq!(s.memcached.len(), 2);
+        assert_eq!(s.timeout, Duration::from_millis(250));
+        assert_eq!(s.on_shard_down, OnShardDown::Reroute);
+        assert_eq!(s.tls_cert, Some(PathBuf::from("/etc/memgate/cert.pem")));
+        assert_eq!(s.max_batch_keys, DEFAULT_MAX_BATCH_KEYS);
+        assert_eq!(from_toml("").unwrap(), Settings::default());
     }
 
     #[test]
-    fn membership_flags_choose_the_source() {
-        let c = parse(&["--memcached-file", "/etc/memgate/members"]).unwrap();
-        let Backend::Memcached { members, .. } = c.backend else {
-            panic!("memcached backend")
-        };
-        assert_eq!(
-            members,
-            Source::File {
-                path: "/etc/memgate/members".into(),
-                poll: Duration::from_secs(5)
-            }
-        );
-        let c = parse(&[
-            "--memcached-srv",
-            "_memcache._tcp.memcached.default.svc.cluster.local",
-            "--discovery-interval",
-            "2s",
-            "--dns-server",
-            "127.0.0.1:5353",
-        ])
-        .unwrap();
-        let Backend::Memcached { members, .. } = c.backend else {
-            panic!("memcached backend")
-        };
-        assert_eq!(
-            members,
-            Source::Srv {
-                name: "_memcache._tcp.memcached.default.svc.cluster.local".into(),
-                interval: Duration::from_secs(2),
-                resolver: Some("127.0.0.1:5353".parse().unwrap()),
-            }
-        );
-        let c = parse(&["--memcached-srv", "pool.test", "--dns-server", "::1"]).unwrap();
-        let Backend::Memcached {
-            members: Source::Srv { resolver, .. },
-            ..
-        } = c.backend
-        else {
-            panic!("SRV source")
-        };
-        assert_eq!(
-            resolver,
-            Some("[::1]:53".parse().unwrap()),
-            "port 53 by default"
-        );
+    fn an_unknown_key_is_named_with_the_file_and_line() {
+        let err = from_toml("listen = \"127.0.0.1:1\"\n\nmax_vaule_bytes = 10\n").unwrap_err();
+        assert!(err.contains("max_vaule_bytes"), "{err}");
+        assert!(err.contains("/etc/memgate/memgate.toml:3"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        // A table is a key too.
+        let err = from_toml("[tls]\ncert = \"x\"\n").unwrap_err();
+        assert!(err.contains("unknown key `tls`"), "{err}");
     }
 
     #[test]
-    fn one_membership_source_at_most() {
-        for (args, both) in [
-            (
-                &["--memcached", "a:1", "--memcached-file", "f"][..],
-                ["--memcached", "--memcached-file"],
-            ),
-            (
-                &["--memcached", "a:1", "--memcached-srv", "n"],
-                ["--memcached", "--memcached-srv"],
-            ),
-            (
-                &["--memcached-file", "f", "--memcached-srv", "n"],
-                ["--memcached-file", "--memcached-srv"],
-            ),
+    fn a_bad_value_is_named_with_the_file() {
+        for (text, needle) in [
+            ("timeout = \"soon\"", "\"soon\" is not a duration"),
+            ("timeout = 1", "expected a string (`timeout = 1`)"),
+            ("max_batch_keys = \"many\"", "(`max_batch_keys = \"many\"`)"),
+            ("on_shard_down = \"retry\"", "\"retry\" is not one of"),
+            ("listen = ", "memgate.toml:1"),
         ] {
-            let err = parse(args).unwrap_err();
+            let err = from_toml(text).unwrap_err();
+            assert!(err.contains(needle), "{text}: {err}");
             assert!(
-                both.iter().all(|flag| err.contains(flag)),
-                "{args:?}: {err}"
+                err.starts_with("config file /etc/memgate/memgate.toml"),
+                "{err}"
             );
         }
-        let err = parse(&["--dns-server", "127.0.0.1"]).unwrap_err();
-        assert!(err.contains("--memcached-srv"), "{err}");
-        let err = parse(&["--memcached-srv", "n", "--dns-server", "nope"]).unwrap_err();
-        assert!(err.contains("--dns-server"), "{err}");
-        let err = parse(&["--memcached-srv", "n", "--discovery-interval", "0s"]).unwrap_err();
-        assert!(err.contains("--discovery-interval"), "{err}");
     }
 
     #[test]
-    fn defaults_to_embedded() {
-        let c = parse(&[]).unwrap();
-        assert!(matches!(c.backend, Backend::Embedded { .. }));
-        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
-    }
-
-    #[test]
-    fn parses_a_pool() {
-        let c = parse(&[
-            "--memcached",
-            "127.0.0.1:1,127.0.0.1:2:3",
-            "--timeout",
-            "250ms",
-        ])
-        .unwrap();
-        let Backend::Memcached {
-            members: Source::Static(shards),
-            pool,
-            ..
-        } = c.backend
-        else {
-            panic!("expected memcached")
+    fn settings_round_trip_through_toml() {
+        let s = Settings {
+            memcached: vec!["a:1".into()],
+            timeout: Duration::from_millis(1500),
+            on_shard_down: OnShardDown::Reroute,
+            auth_token_file: Some("/run/tokens".into()),
+            ..Settings::default()
         };
-        assert_eq!(shards.len(), 2);
-        assert_eq!(shards[1].weight, 3);
-        assert_eq!(pool.timeout, Duration::from_millis(250));
+        let path = Path::new("x.toml");
+        assert_eq!(Settings::from_toml(&s.to_toml(), path).unwrap(), s);
     }
 
     #[test]
-    fn refuses_bad_flags_with_a_message() {
-        for (args, needle) in [
-            (&["--listen", "nope"][..], "--listen"),
-            (&["--memcached", ","], "names no server"),
-            (&["--memcached", "host"], "host:port"),
-            (&["--memcached", "a:1,a:1"], "twice"),
-            (&["--max-value-bytes", "0"], "at least 1"),
-            (&["--max-message-bytes", "1000"], "--max-message-bytes"),
-            (&["--timeout", "0s"], "--timeout"),
+    fn overlay_replaces_only_the_keys_it_has() {
+        let base = from_toml("timeout = \"2s\"\ndefault_ttl = 5").unwrap();
+        let mut layer = toml::Table::new();
+        layer.insert("timeout".into(), "3s".into());
+        let s = base.overlay(layer).unwrap();
+        assert_eq!(s.timeout, Duration::from_secs(3));
+        assert_eq!(s.default_ttl, 5);
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs() {
+        for (s, needle) in [
             (
-                &["--auth-token-file", "/nonexistent/tokens"],
-                "--auth-token-file",
+                Settings {
+                    tls_key: Some("k".into()),
+                    ..Settings::default()
+                },
+                "--tls-key needs --tls-cert",
             ),
             (
-                &[
-                    "--tls-cert",
-                    "/nonexistent/cert",
-                    "--tls-key",
-                    "/nonexistent/key",
-                ],
-                "--tls-cert",
+                Settings {
+                    tls_client_ca: Some("ca".into()),
+                    ..Settings::default()
+                },
+                "--tls-client-ca needs",
             ),
-            (&["--max-concurrent-calls", "0"], "at least 1"),
         ] {
-            let err = parse(args).unwrap_err();
-            assert!(err.contains(needle), "{args:?}: {err}");
+            let err = Config::try_from(s).unwrap_err();
+            assert!(err.contains(needle), "{err}");
         }
     }
 }

@@ -5,6 +5,8 @@
 //! does. `main.rs` only parses flags, sets up logging and calls it.
 
 pub mod auth;
+pub mod check;
+pub mod cli;
 pub mod config;
 pub mod drain;
 pub mod error;

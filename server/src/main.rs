@@ -1,17 +1,38 @@
-//! The `memgate` binary: flags in, one clear line out on failure.
-
-use clap::Parser;
+//! The `memgate` binary: the command line, the environment and the
+//! configuration file in; one clear line out on failure.
 
 /// mimalloc, measured: memgate allocates many small, short-lived buffers
 /// per call (keys, replies, HTTP/2 frames); see the README's benchmarks.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use memgate_server::config::{Cli, Config};
+use memgate_server::check;
+use memgate_server::cli::{self, LoadError};
+use memgate_server::config::Config;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = Cli::parse();
+    // The only place memgate reads its own MEMGATE_* variables.
+    let invocation = match cli::load(std::env::args_os(), |name| std::env::var_os(name)) {
+        Ok(invocation) => invocation,
+        Err(LoadError::Usage(e)) => e.exit(),
+        Err(LoadError::Config(e)) => fail(&e),
+    };
+    if invocation.check_config {
+        // Every check, then the effective configuration on stdout; nothing
+        // is bound or connected.
+        match check::check(&invocation.settings) {
+            Ok(checked) => {
+                let config_file = invocation.config_file.as_deref();
+                print!(
+                    "{}",
+                    check::report(&invocation.settings, config_file, &checked)
+                );
+                return;
+            }
+            Err(e) => fail(&e),
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("MEMGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -19,7 +40,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
 
-    let config = match Config::try_from(cli) {
+    let config = match Config::try_from(invocation.settings) {
         Ok(c) => c,
         Err(e) => fail(&e),
     };
