@@ -56,7 +56,15 @@ async fn oversized_reads_and_slow_readers_stay_inside_the_byte_budgets() {
     let prefix = unique("big");
     let keys: Vec<String> = (0..VALUES).map(|i| format!("{prefix}:{i}")).collect();
     fill(&mc, &keys).await;
-    let mut config = common::config_for(std::slice::from_ref(&mc));
+    // The refused BatchGets' replies (600 MB in all) still pass through
+    // the batch connection, read and dropped, ahead of the streams' pieces;
+    // on a machine busy with other work that can take more than the
+    // default 1 s. This test is about memory, so the backend timeout is
+    // generous; small Gets on their own connection are timed below.
+    let mut config = common::with_timeout(
+        common::config_for(std::slice::from_ref(&mc)),
+        Duration::from_secs(5),
+    );
     config.health_interval = Duration::from_millis(50);
     let mg = Memgate::start(config).await;
     let small = unique("small");
