@@ -262,10 +262,16 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                     .max()
                     .unwrap_or(3)
                     .max(3);
-                println!("{:width$}  SHARD  UP", "KEY");
+                let shards = locations
+                    .iter()
+                    .map(|l| l.shard.len())
+                    .max()
+                    .unwrap_or(5)
+                    .max(5);
+                println!("{:width$}  {:shards$}  UP", "KEY", "SHARD");
                 for l in &locations {
                     let up = if l.up { "yes" } else { "no" };
-                    println!("{:width$}  {}  {up}", l.key, l.shard);
+                    println!("{:width$}  {:shards$}  {up}", l.key, l.shard);
                 }
             }
             Ok(exit(locations.iter().all(|l| l.up)))
