@@ -570,7 +570,7 @@ fn unexpected(shard: &Shard, reply: Reply) -> Error {
             code: Code::NotStored,
             ..
         }) => "NOT_STORED".to_owned(),
-        other => format!("unexpected reply {other:?}"),
+        other => format!("unexpected reply {}", other.kind()),
     };
     Error::ShardError {
         addr: shard.addr().to_owned(),
