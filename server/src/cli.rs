@@ -24,6 +24,7 @@ use crate::config::{Settings, duration};
 use crate::store::memcached::OnShardDown;
 use crate::store::memcached::ketama::KeyHash;
 use crate::store::memcached::ring::Distribution;
+use crate::trace::LogFormat;
 
 /// memgate: a gRPC cache service in front of a sharded memcached pool.
 ///
@@ -312,6 +313,16 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+
+    /// How log lines are written to stderr: `text` (colours only when
+    /// stderr is a terminal) or `json` (one object per line). The level is
+    /// set by MEMGATE_LOG (e.g. `debug`; default `info`).
+    #[arg(long, value_enum)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "some_value_enum"
+    )]
+    pub log_format: Option<LogFormat>,
 }
 
 fn some_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

@@ -20,6 +20,7 @@ use crate::store::memcached::OnShardDown;
 use crate::store::memcached::ketama::KeyHash;
 use crate::store::memcached::ring::{Distribution, Placement, ShardSpec};
 use crate::store::memcached::shard::PoolSettings;
+use crate::trace::LogFormat;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
@@ -139,6 +140,8 @@ pub struct Settings {
     pub rebalance_fallback_rate: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<String>,
+    #[serde(with = "value_enum")]
+    pub log_format: LogFormat,
 }
 
 impl Default for Settings {
@@ -181,6 +184,7 @@ impl Default for Settings {
             rebalance_window: DEFAULT_REBALANCE_WINDOW,
             rebalance_fallback_rate: DEFAULT_REBALANCE_FALLBACK_RATE,
             metrics_listen: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -416,6 +420,8 @@ pub struct Config {
     pub server: ServerSettings,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -602,6 +608,7 @@ impl TryFrom<Settings> for Config {
             reflection: !s.no_reflection,
             server,
             metrics_listen,
+            log_format: s.log_format,
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod membership;
 pub mod metrics;
 pub mod service;
 pub mod store;
+pub mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -154,9 +155,11 @@ async fn serve<S: Store>(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), tonic::transport::Error> {
-    let addr = listener.local_addr().ok();
+    let addr = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(
-        listen = ?addr,
+        listen = %addr,
         backend = %store.describe(),
         reflection = config.reflection,
         "memgate serving"
@@ -285,7 +288,7 @@ async fn serve<S: Store>(
     tokio::select! {
         r = server => r,
         _ = async { draining.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!(?grace, "shutdown grace expired; closing remaining connections");
+            tracing::warn!(grace = %humantime::format_duration(grace), "shutdown grace expired; closing remaining connections");
             Ok(())
         }
         _ = async { draining.cancelled().await; drain::only_streams_left(in_flight).await } => {

@@ -8,8 +8,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use memgate_server::check;
 use memgate_server::cli::{self, LoadError};
 use memgate_server::config::Config;
+use memgate_server::trace;
+use std::io::IsTerminal;
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() {
     // The only place memgate reads its own MEMGATE_* variables.
@@ -33,17 +36,19 @@ fn main() {
             Err(e) => fail(&e),
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("MEMGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-
     let config = match Config::try_from(invocation.settings) {
         Ok(c) => c,
         Err(e) => fail(&e),
     };
+    let filter = EnvFilter::try_from_env("MEMGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person watching: a file or a log collector
+    // gets plain text.
+    let ansi = std::io::stderr().is_terminal();
+    let logs = trace::subscriber(config.log_format, filter, ansi, std::io::stderr);
+    // Also routes the `log` records of dependencies into it.
+    if let Err(e) = logs.try_init() {
+        fail(&format!("cannot set up logging: {e}"));
+    }
     // One event loop by default: every call is served on the thread that
     // read it, with no cross-thread wake-ups (measured: the least CPU per
     // call). More threads trade CPU per call for using more cores.

@@ -285,9 +285,9 @@ fn log_change(origin: &str, old: &[ShardSpec], new: &[ShardSpec]) {
         .collect();
     tracing::info!(
         origin,
-        added = ?added,
-        removed = ?removed,
-        reweighted = ?reweighted,
+        added = %added.join(", "),
+        removed = %removed.join(", "),
+        reweighted = %reweighted.join(", "),
         members = new.len(),
         "memcached pool membership changed"
     );

@@ -34,6 +34,9 @@ use tonic::Code;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
+use tracing::{Instrument, Span};
+
+use crate::trace::{self, RpcNames};
 
 /// Latency buckets, in seconds: a cache answers in microseconds to
 /// milliseconds, so the default Prometheus buckets (from 5 ms) would put
@@ -731,8 +734,10 @@ impl Metrics {
 
 /// Serves `GET /metrics` on `listener`.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    let addr = listener.local_addr().ok();
-    tracing::info!(listen = ?addr, "serving Prometheus metrics on /metrics");
+    let addr = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
+    tracing::info!(listen = %addr, "serving Prometheus metrics on /metrics");
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -827,6 +832,8 @@ struct MethodMetrics {
     /// codes never seen export no series.
     handled: [OnceLock<Counter>; 17],
     handled_family: Option<(IntCounterVec, [String; 3])>,
+    /// Its names, for the RPC span.
+    names: RpcNames,
 }
 
 impl MethodMetrics {
@@ -842,6 +849,7 @@ impl MethodMetrics {
                 f.handled.clone(),
                 [kind.to_owned(), service.to_owned(), method.to_owned()],
             )),
+            names: RpcNames::new(service, method),
         }
     }
 
@@ -866,6 +874,8 @@ struct CallRecord {
     inflight: Gauge,
     start: Instant,
     done: bool,
+    /// The call's span (disabled unless DEBUG is on for RPCs).
+    span: Span,
 }
 
 impl CallRecord {
@@ -873,11 +883,11 @@ impl CallRecord {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
+        let elapsed = self.start.elapsed();
         self.method.handled(code).inc();
-        self.method
-            .handling
-            .observe(self.start.elapsed().as_secs_f64());
+        self.method.handling.observe(elapsed.as_secs_f64());
         self.inflight.dec();
+        trace::finish_rpc_span(&self.span, code, elapsed);
     }
 }
 
@@ -984,17 +994,23 @@ where
         };
         method.started.inc();
         self.metrics.inflight_calls.inc();
+        // The handler runs inside the call's span (and so does a stream's
+        // work, polled through the response body).
+        let span = trace::rpc_span(&method.names, req.headers());
         let mut record = CallRecord {
             method: method.clone(),
             inflight: self.metrics.inflight_calls.clone(),
             start: Instant::now(),
             done: false,
+            span: span.clone(),
         };
-        let fut = self.inner.call(req.map(|body| CountedBody {
-            inner: body,
-            count: Some((MessageCounter::default(), method.msg_received.clone())),
-        }));
-        Box::pin(async move {
+        let fut = span.in_scope(|| {
+            self.inner.call(req.map(|body| CountedBody {
+                inner: body,
+                count: Some((MessageCounter::default(), method.msg_received.clone())),
+            }))
+        });
+        let fut = async move {
             let resp = fut.await.inspect_err(|_| record.finish(Code::Unknown))?;
             // A trailers-only response (every error of a unary call)
             // carries its status in the headers.
@@ -1011,7 +1027,8 @@ where
                     record,
                 })
             }))
-        })
+        };
+        Box::pin(fut.instrument(span))
     }
 }
 
@@ -1076,7 +1093,9 @@ impl HttpBody for RecordedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
         let this = self.get_mut();
+        let entered = this.record.span.enter();
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        drop(entered);
         match &frame {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {

@@ -14,6 +14,7 @@ impl<S: Store> CacheService<S> {
         &self,
         req: pb::BatchGetRequest,
     ) -> Result<pb::BatchGetResponse, Error> {
+        crate::trace::record_keys(req.keys.len());
         let keys = self.keys(req.keys)?;
         self.metrics.cache.batch_get_keys.observe(keys.len() as f64);
         // Values are charged as they arrive: a response that cannot fit
@@ -78,6 +79,7 @@ impl<S: Store> CacheService<S> {
         &self,
         req: pb::BatchSetRequest,
     ) -> Result<pb::BatchSetResponse, Error> {
+        crate::trace::record_keys(req.items.len());
         self.check_batch(req.items.len(), "items")?;
         self.metrics
             .cache
@@ -105,6 +107,7 @@ impl<S: Store> CacheService<S> {
         &self,
         req: pb::BatchDeleteRequest,
     ) -> Result<pb::BatchDeleteResponse, Error> {
+        crate::trace::record_keys(req.keys.len());
         let keys = self.keys(req.keys)?;
         self.metrics
             .cache

@@ -8,6 +8,7 @@ use crate::store::Store;
 
 impl<S: Store> CacheService<S> {
     pub(super) async fn get_one(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Error> {
+        crate::trace::record_keys(1);
         let key = self.key(req.key, Field::Single)?;
         // Held until the response is built; the value is charged to it.
         let budget = self.reservation();
@@ -20,6 +21,7 @@ impl<S: Store> CacheService<S> {
     }
 
     pub(super) async fn set_one(&self, req: pb::SetRequest) -> Result<pb::SetResponse, Error> {
+        crate::trace::record_keys(1);
         let item = self.item(req, Field::Single)?;
         self.store.set(item).await?;
         Ok(pb::SetResponse {})
@@ -29,6 +31,7 @@ impl<S: Store> CacheService<S> {
         &self,
         req: pb::DeleteRequest,
     ) -> Result<pb::DeleteResponse, Error> {
+        crate::trace::record_keys(1);
         let key = self.key(req.key, Field::Single)?;
         let deleted = self.store.delete(&key).await?;
         Ok(pb::DeleteResponse { deleted })
@@ -46,6 +49,7 @@ impl<S: Store> CacheService<S> {
 
     /// Where each key lives now: nothing is read or written.
     pub(super) fn locate_keys(&self, req: pb::LocateRequest) -> Result<pb::LocateResponse, Error> {
+        crate::trace::record_keys(req.keys.len());
         let keys = self.keys(req.keys)?;
         Ok(pb::LocateResponse {
             locations: keys

@@ -119,6 +119,19 @@ pub enum Reply {
     Text(protocol::Reply),
 }
 
+impl Reply {
+    /// What kind of reply this is, without what it carries (values), for
+    /// errors: they reach logs and callers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Meta(_) => "a meta reply",
+            Reply::ServerError(_) => "SERVER_ERROR",
+            Reply::Quiet { .. } => "quiet-mode replies",
+            Reply::Text(r) => r.kind(),
+        }
+    }
+}
+
 /// A request waiting for its reply.
 struct Pending {
     token: u32,
@@ -466,8 +479,8 @@ fn deliver(
         let Some(front) = waiting.front_mut() else {
             // Nothing was asked: the peer is not in step with us.
             return Err(ProtocolError::Mismatch(format!(
-                "{:?} arrived when no reply was awaited",
-                String::from_utf8_lossy(&buf[..buf.len().min(80)])
+                "{} arrived when no reply was awaited",
+                protocol::describe(buf)
             ))
             .into());
         };
@@ -483,10 +496,7 @@ fn deliver(
         if shared.mode == Mode::Text && !buf.is_empty() {
             // One request at a time: bytes after its reply answer nothing
             // we asked, and may mean this reply was not what it seemed.
-            let what = format!(
-                "{:?} followed a complete reply",
-                String::from_utf8_lossy(&buf[..buf.len().min(80)])
-            );
+            let what = format!("{} followed a complete reply", protocol::describe(buf));
             let _ = done
                 .reply
                 .send(Err(ProtocolError::Mismatch(what.clone()).into()));

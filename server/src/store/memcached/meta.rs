@@ -200,13 +200,14 @@ pub enum Line {
 
 /// Why a reply line is not a meta reply.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("not a meta reply: {0:?}")]
+#[error("not a meta reply: {0}")]
 pub struct BadLine(pub String);
 
 /// Parses one reply line (without its `\r\n`), returning it and the key it
 /// echoes (`k<key>`), if any. Works on bytes: this runs once per key read.
 pub fn parse_line(line: &[u8]) -> Result<(Line, Option<&[u8]>), BadLine> {
-    let bad = || BadLine(String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned());
+    // Out of step, a line may be part of a value: never quoted.
+    let bad = || BadLine(super::protocol::describe(line));
     let text = |b: &[u8]| String::from_utf8_lossy(b).chars().take(120).collect();
     if let Some(msg) = line.strip_prefix(b"SERVER_ERROR") {
         return Ok((Line::ServerError(text(msg.trim_ascii_start())), None));

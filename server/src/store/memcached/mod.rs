@@ -152,6 +152,7 @@ impl ShardedStore {
     async fn read_one(&self, key: &Key, budget: &Arc<Reservation>) -> GetOutcome {
         let pool = self.members.load();
         let shard = self.shard_in(&pool, key.as_str())?;
+        crate::trace::record_shard(shard.addr());
         let value = Self::read_from(&shard, key, budget).await?;
         if value.is_none() && pool.previous().is_some() {
             let found =
@@ -569,7 +570,7 @@ fn unexpected(shard: &Shard, reply: Reply) -> Error {
             code: Code::NotStored,
             ..
         }) => "NOT_STORED".to_owned(),
-        other => format!("unexpected reply {other:?}"),
+        other => format!("unexpected reply {}", other.kind()),
     };
     Error::ShardError {
         addr: shard.addr().to_owned(),
@@ -637,6 +638,7 @@ impl Store for ShardedStore {
         self.flights.forget(&item.key);
         let pool = self.members.load();
         let shard = &self.shard_in(&pool, item.key.as_str())?;
+        crate::trace::record_shard(shard.addr());
         let key = item.key.clone();
         Self::write_one(shard, WriteGroup::one_set(item)).await?;
         // After the write: a fallback racing it can only `add`, which the
@@ -649,6 +651,7 @@ impl Store for ShardedStore {
         self.flights.forget(key);
         let pool = self.members.load();
         let shard = &self.shard_in(&pool, key.as_str())?;
+        crate::trace::record_shard(shard.addr());
         // Before the delete, so no fallback finds the old copy after it.
         rebalance::forget_old_copies(&pool, &[key], &self.metrics).await;
         Self::write_one(shard, WriteGroup::one_delete(key.clone())).await

@@ -226,12 +226,12 @@ impl Membership {
         self.metrics.pool_servers.set(now.shards.len() as i64);
         self.metrics.pool_changes.inc();
         tracing::info!(
-            added = ?change.added,
-            removed = ?change.removed,
-            pending = ?change.pending,
+            added = %change.added.join(", "),
+            removed = %change.removed.join(", "),
+            pending = %change.pending.join(", "),
             servers = now.shards.len(),
             moved = %format!("{:.1}%", change.moved * 100.0),
-            window = ?self.window,
+            window = %humantime::format_duration(self.window),
             "memcached pool changed"
         );
         // Servers that left serve fallback reads until the window closes;

@@ -446,8 +446,64 @@ pub(crate) fn find_line(buf: &[u8], term: Terminator) -> Result<Option<usize>, P
 }
 
 fn line_str(line: &[u8]) -> Result<&str, ProtocolError> {
-    std::str::from_utf8(line)
-        .map_err(|_| ProtocolError::Unexpected(String::from_utf8_lossy(line).into_owned()))
+    std::str::from_utf8(line).map_err(|_| ProtocolError::Unexpected(describe(line)))
+}
+
+/// Reply words memgate knows (text and meta protocols).
+const REPLY_WORDS: [&str; 20] = [
+    "VALUE",
+    "END",
+    "STORED",
+    "NOT_STORED",
+    "EXISTS",
+    "NOT_FOUND",
+    "DELETED",
+    "TOUCHED",
+    "ERROR",
+    "CLIENT_ERROR",
+    "SERVER_ERROR",
+    "VERSION",
+    "STAT",
+    "BUSY",
+    "VA",
+    "HD",
+    "EN",
+    "NF",
+    "NS",
+    "MN",
+];
+
+/// Describes reply bytes that break the protocol, for an error message,
+/// without quoting them: out of step, they may be part of a value, and
+/// these messages reach logs and callers. Their first word, when it is a
+/// reply word memgate knows, and their length.
+pub fn describe(bytes: &[u8]) -> String {
+    let word = bytes
+        .split(|&b| b == b' ' || b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    match REPLY_WORDS.iter().find(|w| w.as_bytes() == word) {
+        Some(w) => format!("{w} ... ({} bytes)", bytes.len()),
+        None => format!("{} bytes, not shown", bytes.len()),
+    }
+}
+
+impl Reply {
+    /// What kind of reply this is, without what it carries (values).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Reply::Values(_) => "VALUE",
+            Reply::Stored => "STORED",
+            Reply::NotStored => "NOT_STORED",
+            Reply::Deleted => "DELETED",
+            Reply::NotFound => "NOT_FOUND",
+            Reply::Version(_) => "VERSION",
+            Reply::Stats(_) => "STAT",
+            Reply::Keys { .. } => "metadump keys",
+            Reply::Busy(_) => "BUSY",
+            Reply::ServerError(_) => "SERVER_ERROR",
+        }
+    }
 }
 
 /// `SERVER_ERROR <msg>`: memcached failed the command but consumed it
@@ -462,7 +518,7 @@ fn other_reply(line: &str) -> ProtocolError {
     if line == "ERROR" || line.starts_with("CLIENT_ERROR") {
         ProtocolError::Rejected(truncate(line))
     } else {
-        ProtocolError::Unexpected(truncate(line))
+        ProtocolError::Unexpected(describe(line.as_bytes()))
     }
 }
 
@@ -474,7 +530,7 @@ fn truncate(line: &str) -> String {
 fn parse_value_header(rest: &str) -> Result<(&str, usize), ProtocolError> {
     let mut parts = rest.split(' ');
     let (Some(key), Some(flags), Some(len)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(ProtocolError::Unexpected(truncate(rest)));
+        return Err(ProtocolError::Unexpected(describe(rest.as_bytes())));
     };
     let cas_ok = parts.next().is_none_or(|cas| cas.parse::<u64>().is_ok());
     let valid = !key.is_empty() && flags.parse::<u32>().is_ok() && cas_ok && parts.next().is_none();
@@ -483,7 +539,7 @@ fn parse_value_header(rest: &str) -> Result<(&str, usize), ProtocolError> {
         Some(len) => Ok((key, len)),
         None => Err(ProtocolError::Unexpected(format!(
             "VALUE {}",
-            truncate(rest)
+            describe(rest.as_bytes())
         ))),
     }
 }
@@ -510,6 +566,19 @@ fn percent_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_about_reply_bytes_never_quote_them() {
+        assert_eq!(describe(b"secret value bytes"), "18 bytes, not shown");
+        assert_eq!(describe(b"VALUE k 0 5"), "VALUE ... (11 bytes)");
+        assert_eq!(describe(b"VA 5 t\r\nsecret\r\n"), "VA ... (16 bytes)");
+        // A line out of step in a value: its text stays out of the error.
+        let d = Decoder::get(vec!["k".into()], 1 << 20);
+        let err = decode_all(d, b"hunter2 is the password\r\n").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = decode_all(Decoder::store(), b"\xffhunter2\r\n").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
 
     fn decode_all(mut d: Decoder, input: &[u8]) -> Result<Option<Reply>, ProtocolError> {
         let mut buf = BytesMut::from(input);

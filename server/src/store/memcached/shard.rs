@@ -538,7 +538,11 @@ impl Shard {
                     .find(|(name, _)| name == "item_size_max")
                     .and_then(|(_, v)| v.parse::<usize>().ok()),
                 other => {
-                    tracing::debug!(shard = %self.addr, ?other, "no item_size_max from `stats settings`; assuming memcached's default");
+                    let other = match other {
+                        Ok(reply) => format!("reply {}", reply.kind()),
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::debug!(shard = %self.addr, %other, "no item_size_max from `stats settings`; assuming memcached's default");
                     None
                 }
             };
@@ -571,7 +575,7 @@ impl Shard {
             Reply::Text(protocol::Reply::Stats(stats)) => Ok(stats),
             other => Err(Error::ShardError {
                 addr: self.addr.clone(),
-                message: format!("unexpected reply to `stats`: {other:?}"),
+                message: format!("unexpected reply to `stats`: {}", other.kind()),
             }),
         }
     }
@@ -620,7 +624,7 @@ impl Shard {
             Reply::Text(r) => Ok(r),
             other => Err(Error::ShardError {
                 addr: self.addr.clone(),
-                message: format!("unexpected reply {other:?}"),
+                message: format!("unexpected reply {}", other.kind()),
             }),
         }
     }
