@@ -323,6 +323,14 @@ pub struct Flags {
         serialize_with = "some_value_enum"
     )]
     pub log_format: Option<LogFormat>,
+
+    /// Export each call's span over OTLP/gRPC to this collector (e.g.
+    /// http://127.0.0.1:4317), with W3C trace context taken from the
+    /// request's `traceparent`. Needs a memgate built with
+    /// `--features otlp`.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 fn some_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {

@@ -142,6 +142,8 @@ pub struct Settings {
     pub metrics_listen: Option<String>,
     #[serde(with = "value_enum")]
     pub log_format: LogFormat,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Default for Settings {
@@ -185,6 +187,7 @@ impl Default for Settings {
             rebalance_fallback_rate: DEFAULT_REBALANCE_FALLBACK_RATE,
             metrics_listen: None,
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
@@ -422,6 +425,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// How log lines are written.
     pub log_format: LogFormat,
+    /// Where RPC spans are exported over OTLP, if anywhere.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl Config {
@@ -456,6 +461,19 @@ impl TryFrom<Settings> for Config {
                 s.listen
             )
         })?;
+        let otlp_endpoint = match &s.otlp_endpoint {
+            Some(url) if !cfg!(feature = "otlp") => {
+                return Err(format!(
+                    "--otlp-endpoint {url}: this memgate was built without OTLP export; build it with `cargo build --release -p memgate-server --features otlp`"
+                ));
+            }
+            Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                return Err(format!(
+                    "--otlp-endpoint {url:?} is not a URL like http://127.0.0.1:4317"
+                ));
+            }
+            other => other.clone(),
+        };
         let metrics_listen = match &s.metrics_listen {
             Some(addr) => Some(addr.parse::<SocketAddr>().map_err(|e| {
                 format!("--metrics-listen {addr:?} is not an address like 127.0.0.1:9090: {e}")
@@ -609,6 +627,7 @@ impl TryFrom<Settings> for Config {
             server,
             metrics_listen,
             log_format: s.log_format,
+            otlp_endpoint,
         })
     }
 }

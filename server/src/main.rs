@@ -40,15 +40,6 @@ fn main() {
         Ok(c) => c,
         Err(e) => fail(&e),
     };
-    let filter = EnvFilter::try_from_env("MEMGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour codes only for a person watching: a file or a log collector
-    // gets plain text.
-    let ansi = std::io::stderr().is_terminal();
-    let logs = trace::subscriber(config.log_format, filter, ansi, std::io::stderr);
-    // Also routes the `log` records of dependencies into it.
-    if let Err(e) = logs.try_init() {
-        fail(&format!("cannot set up logging: {e}"));
-    }
     // One event loop by default: every call is served on the thread that
     // read it, with no cross-thread wake-ups (measured: the least CPU per
     // call). More threads trade CPU per call for using more cores.
@@ -62,7 +53,33 @@ fn main() {
             .build(),
     };
     let runtime = runtime.unwrap_or_else(|e| fail(&format!("cannot start the runtime: {e}")));
+
+    // OTLP export (feature `otlp`): made inside the runtime, whose tasks
+    // carry its gRPC channel.
+    #[cfg(feature = "otlp")]
+    let exporter = config.otlp_endpoint.as_deref().map(|url| {
+        let _runtime = runtime.enter();
+        trace::otlp::Exporter::new(url).unwrap_or_else(|e| fail(&e))
+    });
+    #[cfg(feature = "otlp")]
+    let export = exporter.as_ref().map(|e| e.layer());
+    #[cfg(not(feature = "otlp"))]
+    let export = None;
+
+    let filter = EnvFilter::try_from_env("MEMGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour codes only for a person watching: a file or a log collector
+    // gets plain text.
+    let ansi = std::io::stderr().is_terminal();
+    let logs = trace::subscriber(config.log_format, filter, ansi, std::io::stderr, export);
+    // Also routes the `log` records of dependencies into it.
+    if let Err(e) = logs.try_init() {
+        fail(&format!("cannot set up logging: {e}"));
+    }
     runtime.block_on(serve(config));
+    #[cfg(feature = "otlp")]
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
+    }
 }
 
 async fn serve(config: Config) {

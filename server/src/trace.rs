@@ -22,6 +22,7 @@ use tracing::field::Empty;
 use tracing::{Span, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
+use tracing_subscriber::Registry;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -48,6 +49,7 @@ pub fn subscriber<W>(
     filter: EnvFilter,
     ansi: bool,
     writer: W,
+    export: Option<Box<dyn Layer<Registry> + Send + Sync>>,
 ) -> Box<dyn Subscriber + Send + Sync>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -64,7 +66,77 @@ where
             .with_filter(filter)
             .boxed(),
     };
-    Box::new(tracing_subscriber::registry().with(logs))
+    let layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> =
+        std::iter::once(logs).chain(export).collect();
+    Box::new(tracing_subscriber::registry().with(layers))
+}
+
+/// OTLP export of the RPC spans (cargo feature `otlp`).
+#[cfg(feature = "otlp")]
+pub mod otlp {
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing::Level;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::{Layer, Registry};
+
+    use super::RPC_TARGET;
+
+    /// Sends spans to an OTLP/gRPC collector in batches.
+    #[derive(Debug)]
+    pub struct Exporter {
+        provider: SdkTracerProvider,
+    }
+
+    impl Exporter {
+        /// An exporter to `endpoint`. Call it inside the tokio runtime
+        /// that will run memgate: the gRPC channel's worker runs there.
+        pub fn new(endpoint: &str) -> Result<Exporter, String> {
+            let spans = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name("memgate")
+                .build();
+            let provider = SdkTracerProvider::builder()
+                .with_batch_exporter(spans)
+                .with_resource(resource)
+                .build();
+            Ok(Exporter { provider })
+        }
+
+        /// The layer that exports the RPC spans (and only those): enabled
+        /// for them whatever the log filter says.
+        pub fn layer(&self) -> Box<dyn Layer<Registry> + Send + Sync> {
+            tracing_opentelemetry::layer()
+                .with_tracer(self.provider.tracer("memgate"))
+                .with_filter(Targets::new().with_target(RPC_TARGET, Level::DEBUG))
+                .boxed()
+        }
+
+        /// Sends what is still buffered; at exit.
+        pub fn shutdown(&self) {
+            if let Err(e) = self.provider.shutdown() {
+                tracing::warn!(error = %e, "OTLP export did not shut down cleanly");
+            }
+        }
+    }
+
+    /// Reads W3C trace context from request headers.
+    pub(super) struct Headers<'a>(pub(super) &'a tonic::codegen::http::HeaderMap);
+
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
 }
 
 /// Records the number of keys (1, or a batch's size) on the current RPC
@@ -72,7 +144,7 @@ where
 #[inline]
 pub fn record_keys(n: usize) {
     if tracing::level_enabled!(tracing::Level::DEBUG) {
-        tracing::Span::current().record("keys", n as u64);
+        tracing::Span::current().record("keys", n as i64);
     }
 }
 
@@ -108,25 +180,42 @@ impl RpcNames {
     }
 }
 
-/// The span of one call of `names`, whose request carries `headers` (a
-/// W3C `traceparent` is for the parent, once OTLP export exists).
+/// The span of one call of `names`, whose request carries `headers` (with
+/// the `otlp` feature, a W3C `traceparent` there is its parent).
 /// Disabled, and made without formatting or allocating anything, unless
 /// DEBUG is on for [`RPC_TARGET`] in some layer.
 #[inline]
 pub fn rpc_span(names: &RpcNames, headers: &http::HeaderMap) -> Span {
-    // W3C trace context (`traceparent`) is read here once OTLP export
-    // exists; until then the headers are not needed.
-    let _ = headers;
-    tracing::debug_span!(
+    let span = tracing::debug_span!(
         target: RPC_TARGET,
         "rpc",
+        // OpenTelemetry's span name and kind (tracing-opentelemetry reads
+        // these two fields); recorded only when the span is on.
+        otel.name = Empty,
+        otel.kind = Empty,
         rpc.system = %"grpc",
         rpc.service = %names.service,
         rpc.method = %names.method,
         rpc.grpc.status_code = Empty,
         keys = Empty,
         shard = Empty,
-    )
+    );
+    #[cfg(feature = "otlp")]
+    if !span.is_disabled() {
+        use opentelemetry::propagation::TextMapPropagator;
+        use tracing_opentelemetry::OpenTelemetrySpanExt;
+        span.record("otel.name", names.full.as_str());
+        span.record("otel.kind", "server");
+        // The caller's trace continues here (W3C `traceparent`).
+        if headers.contains_key("traceparent") {
+            let parent = opentelemetry_sdk::propagation::TraceContextPropagator::new()
+                .extract(&otlp::Headers(headers));
+            let _ = span.set_parent(parent);
+        }
+    }
+    #[cfg(not(feature = "otlp"))]
+    let _ = headers;
+    span
 }
 
 /// Records a finished call's status on its span and logs `rpc finished`
