@@ -48,6 +48,10 @@ macro_rules! contract {
             #[tokio::test] async fn list_by_prefix() { check_list(&$setup.mg).await }
             #[tokio::test] async fn streams() { check_streams(&$setup.mg).await }
             #[tokio::test] async fn concurrent_clients_read_their_writes() { check_concurrency(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn increment() { check_increment(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn increment_creates_with_initial_value_and_ttl() { check_increment_create(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn increment_of_text_fails_and_the_next_call_works() { check_increment_non_numeric(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn touch() { check_touch(&$setup.mg).await }
         }
     )+};
 }
@@ -451,4 +455,158 @@ async fn check_concurrency(mg: &Memgate) {
     for t in tasks {
         t.await.unwrap();
     }
+}
+
+/// The status of a raw Increment call, or its value.
+async fn incr(
+    mg: &Memgate,
+    key: &str,
+    delta: i64,
+    initial_value: Option<u64>,
+    ttl_seconds: Option<u32>,
+) -> Result<u64, tonic::Status> {
+    mg.raw
+        .clone()
+        .increment(pb::IncrementRequest {
+            key: key.to_owned(),
+            delta,
+            initial_value,
+            ttl_seconds,
+        })
+        .await
+        .map(|r| r.into_inner().value)
+}
+
+async fn text(mg: &Memgate, key: &str) -> Option<String> {
+    let v = mg.client.get(key).await.unwrap()?;
+    Some(String::from_utf8(v.to_vec()).unwrap())
+}
+
+async fn check_increment(mg: &Memgate) {
+    let key = unique("ctr");
+    mg.client.set(&key, "41", None).await.unwrap();
+    assert_eq!(incr(mg, &key, 1, None, None).await.unwrap(), 42);
+    assert_eq!(mg.client.increment(&key, 8, None, None).await.unwrap(), 50);
+    assert_eq!(text(mg, &key).await.as_deref(), Some("50"), "decimal text");
+
+    // Decrements stop at 0; memcached rewrites the number in place,
+    // padding it with spaces to the old length.
+    mg.client.set(&key, "15", None).await.unwrap();
+    assert_eq!(incr(mg, &key, -100, None, None).await.unwrap(), 0);
+    assert_eq!(text(mg, &key).await.as_deref(), Some("0 "));
+    assert_eq!(incr(mg, &key, 5, None, None).await.unwrap(), 5);
+    assert_eq!(text(mg, &key).await.as_deref(), Some("5 "));
+    assert_eq!(incr(mg, &key, i64::MIN, None, None).await.unwrap(), 0);
+
+    // Increments wrap around at 2^64, as memcached's do.
+    mg.client
+        .set(&key, u64::MAX.to_string(), None)
+        .await
+        .unwrap();
+    assert_eq!(incr(mg, &key, 2, None, None).await.unwrap(), 1);
+    assert_eq!(text(mg, &key).await, Some(format!("1{:19}", "")));
+    assert_eq!(incr(mg, &key, i64::MAX, None, None).await.unwrap(), 1 << 63);
+
+    // A missing key without initial_value is NOT_FOUND, and nothing is
+    // created.
+    let missing = unique("ctr-missing");
+    let err = incr(mg, &missing, 1, None, Some(60)).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains("initial_value"), "{err:?}");
+    assert_eq!(mg.client.get(&missing).await.unwrap(), None);
+
+    // Invalid keys are refused like everywhere else.
+    let err = incr(mg, "a b", 1, Some(0), None).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+async fn check_increment_create(mg: &Memgate) {
+    let key = unique("ctr-new");
+    // Created holding initial_value, returned as is (delta not applied).
+    assert_eq!(incr(mg, &key, 5, Some(10), Some(0)).await.unwrap(), 10);
+    assert_eq!(text(mg, &key).await.as_deref(), Some("10"));
+    assert_eq!(incr(mg, &key, 5, Some(10), Some(0)).await.unwrap(), 15);
+    assert_eq!(incr(mg, &key, -20, Some(10), Some(0)).await.unwrap(), 0);
+
+    // The TTL applies to the counter it creates.
+    let short = unique("ctr-ttl");
+    assert_eq!(incr(mg, &short, 1, Some(7), Some(1)).await.unwrap(), 7);
+    assert_eq!(text(mg, &short).await.as_deref(), Some("7"));
+    let gone = eventually(Duration::from_secs(5), || async {
+        mg.client.get(&short).await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        gone,
+        "a counter created with a 1-second TTL was still there after 5 s"
+    );
+}
+
+async fn check_increment_non_numeric(mg: &Memgate) {
+    let (word, number) = (unique("ctr-word"), unique("ctr-num"));
+    mg.client.set(&word, "abc", None).await.unwrap();
+    mg.client.set(&number, "1", None).await.unwrap();
+    let empty = unique("ctr-empty");
+    mg.client.set(&empty, "", None).await.unwrap();
+    for _ in 0..3 {
+        for key in [&word, &empty] {
+            let err = incr(mg, key, 1, Some(0), None).await.unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            assert!(err.message().contains("not a decimal number"), "{err:?}");
+        }
+        // The next calls (on the same connection to the shard) still get
+        // their own replies.
+        let before: u64 = text(mg, &number).await.unwrap().trim().parse().unwrap();
+        assert_eq!(incr(mg, &number, 1, None, None).await.unwrap(), before + 1);
+    }
+    assert_eq!(text(mg, &word).await.as_deref(), Some("abc"), "unchanged");
+    assert_eq!(text(mg, &number).await.as_deref(), Some("4"));
+    // ... and no connection was closed over it.
+    let stats = mg.raw.clone().stats(pb::StatsRequest {}).await.unwrap();
+    for shard in stats.into_inner().shards {
+        let counters = shard.counters.unwrap_or_default();
+        assert_eq!(
+            (counters.protocol_errors, counters.reconnects),
+            (0, 0),
+            "{}",
+            shard.address
+        );
+    }
+}
+
+async fn check_touch(mg: &Memgate) {
+    let c = &mg.client;
+    let missing = unique("touch-missing");
+    assert!(!c.touch(&missing, Duration::from_secs(60)).await.unwrap());
+    assert_eq!(
+        c.get(&missing).await.unwrap(),
+        None,
+        "touch creates nothing"
+    );
+
+    // Shortening: a key that never expired expires after its touch.
+    let key = unique("touch");
+    c.set(&key, "kept", Some(Duration::ZERO)).await.unwrap();
+    assert!(c.touch(&key, Duration::from_secs(1)).await.unwrap());
+    assert_eq!(c.get(&key).await.unwrap().as_deref(), Some(&b"kept"[..]));
+    let gone = eventually(Duration::from_secs(5), || async {
+        c.get(&key).await.unwrap().is_none()
+    })
+    .await;
+    assert!(gone, "touched to a 1-second TTL, still there after 5 s");
+    assert!(
+        !c.touch(&key, Duration::from_secs(60)).await.unwrap(),
+        "expired"
+    );
+
+    // Lengthening: a 1-second item touched to never expire outlives its
+    // first TTL (the wait is that expiry time itself, and memcached's
+    // clock ticks in whole seconds).
+    let key = unique("touch-long");
+    c.set(&key, "stays", Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(c.touch(&key, Duration::ZERO).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(c.get(&key).await.unwrap().as_deref(), Some(&b"stays"[..]));
 }

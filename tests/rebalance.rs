@@ -17,7 +17,7 @@ use memgate_server::store::budget::ByteBudget;
 use memgate_server::store::memcached::ring::{Placement, Ring, ShardSpec};
 use memgate_server::store::memcached::shard::PoolSettings;
 use memgate_server::store::memcached::{OnShardDown, ShardedStore};
-use memgate_server::store::{Item, Store};
+use memgate_server::store::{Increment, Item, Store};
 
 fn settings() -> PoolSettings {
     PoolSettings {
@@ -188,6 +188,41 @@ async fn writes_and_deletes_in_the_window_are_not_undone_by_a_fallback() {
         assert_eq!(store.get(k, &budget).await.unwrap(), None, "{k} came back");
     }
     for k in deleted {
+        assert_eq!(store.get(k, &budget).await.unwrap(), None, "{k} came back");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_increment_in_the_window_is_not_undone_by_a_fallback() {
+    let mut mcs = pool(4);
+    let fourth = mcs.pop().unwrap();
+    let three: Vec<&Memcached> = mcs.iter().collect();
+    let store = store(&three, Duration::from_secs(600), &Metrics::new());
+    let keys = keys(200, "incr");
+    write_all(&store, &keys).await;
+    let mut four = three.clone();
+    four.push(&fourth);
+    store.update(&specs(&four)).await;
+    let new_specs = specs(&four);
+    let moved: Vec<&Key> = keys.iter().filter(|k| owner(&new_specs, k) == 3).collect();
+    assert!(!moved.is_empty());
+    let budget = budget();
+    for k in moved {
+        // Missing on its new server: created there from initial_value.
+        let inc = Increment {
+            key: k.clone(),
+            delta: 1,
+            initial: Some(7),
+            ttl: Ttl::from_secs(0),
+        };
+        assert_eq!(store.increment(inc).await.unwrap(), 7);
+        assert_eq!(
+            store.get(k, &budget).await.unwrap().as_deref(),
+            Some(&b"7"[..])
+        );
+        // Gone from the new server: the value from before the increment
+        // must not come back through the fallback.
+        delete_directly(&fourth, k).await;
         assert_eq!(store.get(k, &budget).await.unwrap(), None, "{k} came back");
     }
 }

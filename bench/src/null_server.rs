@@ -147,4 +147,18 @@ impl Cache for MapCache {
     ) -> Result<Response<pb::LocateResponse>, Status> {
         Err(Status::unimplemented("the null server has no shards"))
     }
+
+    async fn increment(
+        &self,
+        _: Request<pb::IncrementRequest>,
+    ) -> Result<Response<pb::IncrementResponse>, Status> {
+        Err(Status::unimplemented("the null server has no counters"))
+    }
+
+    async fn touch(
+        &self,
+        _: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::TouchResponse>, Status> {
+        Err(Status::unimplemented("the null server has no TTLs"))
+    }
 }

@@ -399,6 +399,58 @@ impl Client {
         Ok(resp.deleted)
     }
 
+    /// Adds `delta` to the counter at `key` (negative: subtracts, stopping
+    /// at 0) and returns its new value. A missing key is created holding
+    /// `initial` (returned as is) with `ttl` (as for [`Client::set`]); with
+    /// `initial: None` it is a `NotFound` error. A value that is not a
+    /// decimal number is `FailedPrecondition`. Never retried: a retry could
+    /// apply the delta twice.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: memgate_client::Client) -> Result<(), memgate_client::Error> {
+    /// use std::time::Duration;
+    /// let hits = client.increment("hits:today", 1, Some(0), Some(Duration::from_secs(86400))).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn increment(
+        &self,
+        key: &str,
+        delta: i64,
+        initial: Option<u64>,
+        ttl: Option<Duration>,
+    ) -> Result<u64, Error> {
+        let resp = self
+            .unary(
+                false,
+                pb::IncrementRequest {
+                    key: key.into(),
+                    delta,
+                    initial_value: initial,
+                    ttl_seconds: ttl_seconds(ttl),
+                },
+                |mut stub, req| async move { stub.increment(req).await },
+            )
+            .await?;
+        Ok(resp.value)
+    }
+
+    /// Sets a new TTL on `key` without changing its value
+    /// (`Duration::ZERO`: never expires; rounded up to whole seconds);
+    /// `true` if it existed. Retried on `UNAVAILABLE`.
+    pub async fn touch(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
+        let resp = self
+            .unary(
+                true,
+                pb::TouchRequest {
+                    key: key.into(),
+                    ttl_seconds: ttl_seconds(Some(ttl)).unwrap_or(0),
+                },
+                |mut stub, req| async move { stub.touch(req).await },
+            )
+            .await?;
+        Ok(resp.found)
+    }
+
     /// Keys starting with `prefix`, sorted, at most `limit` (0: the
     /// server's maximum). On memcached this is a snapshot (see the proto).
     pub async fn list(&self, prefix: &str, limit: u32) -> Result<Vec<String>, Error> {

@@ -240,6 +240,31 @@ pub enum Error {
     /// Tokens are required and the call's credentials are not one of them.
     #[error("{0}")]
     Unauthenticated(AuthError),
+    /// Increment of a missing key without an initial value.
+    #[error("key {key:?} does not exist; give initial_value to create it")]
+    KeyNotFound {
+        /// The key (shortened if long).
+        key: String,
+    },
+    /// Increment of a value that is not a decimal number.
+    #[error(
+        "the value of key {key:?} is not a decimal number of at most 20 digits, so it cannot be incremented or decremented"
+    )]
+    NotANumber {
+        /// The key (shortened if long).
+        key: String,
+    },
+    /// The call needs a command the shard's protocol lacks (a
+    /// text-protocol server such as twemproxy has no meta commands).
+    #[error(
+        "memcached shard {addr} speaks only the text protocol; {what} needs memcached >= 1.6 (meta commands)"
+    )]
+    Unsupported {
+        /// The shard's address.
+        addr: String,
+        /// The call, e.g. "Increment".
+        what: &'static str,
+    },
 }
 
 impl Error {
@@ -269,6 +294,9 @@ impl Error {
             | Error::TooManyCalls { .. } => Code::ResourceExhausted,
             Error::ShardError { .. } => Code::Internal,
             Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::KeyNotFound { .. } => Code::NotFound,
+            Error::NotANumber { .. } => Code::FailedPrecondition,
+            Error::Unsupported { .. } => Code::Unimplemented,
         }
     }
 
@@ -292,6 +320,9 @@ impl Error {
             Error::Unauthenticated(AuthError::Missing) => "CREDENTIALS_MISSING",
             Error::Unauthenticated(AuthError::Unsupported) => "CREDENTIALS_UNSUPPORTED",
             Error::Unauthenticated(AuthError::Rejected) => "CREDENTIALS_REJECTED",
+            Error::KeyNotFound { .. } => "KEY_NOT_FOUND",
+            Error::NotANumber { .. } => "NOT_A_NUMBER",
+            Error::Unsupported { .. } => "SHARD_UNSUPPORTED",
         }
     }
 
@@ -359,7 +390,12 @@ impl Error {
             Error::RequestTooLarge { .. } => {
                 meta.push(("limit", "--max-message-bytes".to_owned()));
             }
-            Error::ShardUnavailable { addr, .. } | Error::ShardError { addr, .. } => {
+            Error::KeyNotFound { key } | Error::NotANumber { key } => {
+                meta.push(("key", key.clone()));
+            }
+            Error::ShardUnavailable { addr, .. }
+            | Error::ShardError { addr, .. }
+            | Error::Unsupported { addr, .. } => {
                 meta.push(("shard", addr.clone()));
             }
             Error::ShardDown { addr, failures, .. } => {
@@ -479,6 +515,12 @@ mod tests {
             Error::Unauthenticated(AuthError::Missing),
             Error::Unauthenticated(AuthError::Unsupported),
             Error::Unauthenticated(AuthError::Rejected),
+            Error::KeyNotFound { key: "k".into() },
+            Error::NotANumber { key: "k".into() },
+            Error::Unsupported {
+                addr: "a".into(),
+                what: "Increment",
+            },
         ]
     }
 
@@ -528,6 +570,18 @@ mod tests {
             (
                 Error::Unauthenticated(AuthError::Rejected),
                 Code::Unauthenticated,
+            ),
+            (Error::KeyNotFound { key: "k".into() }, Code::NotFound),
+            (
+                Error::NotANumber { key: "k".into() },
+                Code::FailedPrecondition,
+            ),
+            (
+                Error::Unsupported {
+                    addr: "a".into(),
+                    what: "Touch",
+                },
+                Code::Unimplemented,
             ),
         ];
         for (err, code) in cases {

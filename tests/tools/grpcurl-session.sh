@@ -16,10 +16,10 @@ done
 ok "grpcurl list shows the cache, health and reflection services"
 
 desc=$(grpcurl -plaintext "$t" describe memgate.v1.Cache)
-for rpc in Get Set Delete List BatchGet BatchSet BatchDelete BatchGetStream BatchSetStream BatchDeleteStream Stats Locate; do
+for rpc in Get Set Delete List BatchGet BatchSet BatchDelete BatchGetStream BatchSetStream BatchDeleteStream Stats Locate Increment Touch; do
   grep -q "rpc $rpc (" <<<"$desc" || fail "describe lacks rpc $rpc"
 done
-ok "grpcurl describe memgate.v1.Cache shows all twelve RPCs"
+ok "grpcurl describe memgate.v1.Cache shows all fourteen RPCs"
 
 key="readme-$$-$RANDOM"
 out=$(grpcurl -plaintext -d "{\"key\": \"$key\", \"value\": \"aGVsbG8gd29ybGQ=\", \"ttl_seconds\": 300}" "$t" memgate.v1.Cache/Set)
@@ -48,6 +48,20 @@ where=$(python3 -c 'import json,sys; l=json.load(sys.stdin)["locations"][0]; ass
   fail "Locate answered $out"
 [[ ",$MEMGATE_MEMCACHED," == *",$where,"* ]] || fail "Locate names $where, not a pool member"
 ok "grpcurl Locate names the key's live shard"
+
+ctr="$key-ctr"
+out=$(grpcurl -plaintext -d "{\"key\": \"$ctr\", \"delta\": 5, \"initial_value\": 10, \"ttl_seconds\": 300}" "$t" memgate.v1.Cache/Increment)
+grep -q '"value": "10"' <<<"$out" || fail "Increment (create) answered $out"
+out=$(grpcurl -plaintext -d "{\"key\": \"$ctr\", \"delta\": -3}" "$t" memgate.v1.Cache/Increment)
+grep -q '"value": "7"' <<<"$out" || fail "Increment answered $out"
+out=$(grpcurl -plaintext -d "{\"key\": \"$ctr\", \"ttl_seconds\": 600}" "$t" memgate.v1.Cache/Touch)
+grep -q '"found": true' <<<"$out" || fail "Touch answered $out"
+set +e
+out=$(grpcurl -plaintext -d "{\"key\": \"$key\", \"delta\": 1}" "$t" memgate.v1.Cache/Increment 2>&1); code=$?
+set -e
+[ "$code" -ne 0 ] && grep -q "FailedPrecondition" <<<"$out" && grep -q '"reason": "NOT_A_NUMBER"' <<<"$out" ||
+  fail "Increment of text gave exit $code: $out"
+ok "grpcurl Increment creates, decrements, refuses text (NOT_A_NUMBER); Touch finds the counter"
 
 set +e
 out=$(grpcurl -plaintext -d '{"key": "bad key"}' "$t" memgate.v1.Cache/Get 2>&1); code=$?

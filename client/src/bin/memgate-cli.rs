@@ -54,6 +54,24 @@ enum Command {
     },
     /// Delete a key (exit 1 if it did not exist).
     Delete { key: String },
+    /// Add DELTA to a counter (negative subtracts, stopping at 0) and print
+    /// its new value.
+    Incr {
+        key: String,
+        #[arg(allow_negative_numbers = true)]
+        delta: i64,
+        /// Create a missing key holding this value (otherwise a missing
+        /// key is an error).
+        #[arg(long)]
+        initial: Option<u64>,
+        /// TTL in seconds of a counter created by --initial (0: never
+        /// expires; default: the server's).
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Set a key's TTL in seconds (0: never expires) without changing its
+    /// value (exit 1 if it did not exist).
+    Touch { key: String, ttl: u32 },
     /// List keys by prefix.
     List {
         #[arg(default_value = "")]
@@ -184,6 +202,28 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 print_json(&json!({"key": key, "deleted": deleted}));
             }
             Ok(exit(deleted))
+        }
+        Command::Incr {
+            key,
+            delta,
+            initial,
+            ttl,
+        } => {
+            let ttl = ttl.map(|s| Duration::from_secs(s.into()));
+            let value = client.increment(&key, delta, initial, ttl).await?;
+            if json {
+                print_json(&json!({"key": key, "value": value}));
+            } else {
+                println!("{value}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Touch { key, ttl } => {
+            let found = client.touch(&key, Duration::from_secs(ttl.into())).await?;
+            if json {
+                print_json(&json!({"key": key, "found": found}));
+            }
+            Ok(exit(found))
         }
         Command::List { prefix, limit } => {
             let keys = client.list(&prefix, limit).await?;

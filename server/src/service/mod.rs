@@ -138,6 +138,20 @@ impl<S: Store> pb::cache_server::Cache for CacheService<S> {
         Ok(Response::new(self.delete_one(req.into_inner()).await?))
     }
 
+    async fn increment(
+        &self,
+        req: Request<pb::IncrementRequest>,
+    ) -> Result<Response<pb::IncrementResponse>, Status> {
+        Ok(Response::new(self.increment_one(req.into_inner()).await?))
+    }
+
+    async fn touch(
+        &self,
+        req: Request<pb::TouchRequest>,
+    ) -> Result<Response<pb::TouchResponse>, Status> {
+        Ok(Response::new(self.touch_one(req.into_inner()).await?))
+    }
+
     async fn list(
         &self,
         req: Request<pb::ListRequest>,

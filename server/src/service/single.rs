@@ -1,10 +1,11 @@
-//! Single-key RPCs: Get, Set, Delete, and List.
+//! Single-key RPCs: Get, Set, Delete, Increment, Touch, and List.
 
 use memgate_api::v1 as pb;
 
 use super::CacheService;
 use crate::error::{Error, Field};
-use crate::store::Store;
+use crate::key::Ttl;
+use crate::store::{Increment, Store};
 
 impl<S: Store> CacheService<S> {
     pub(super) async fn get_one(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Error> {
@@ -35,6 +36,36 @@ impl<S: Store> CacheService<S> {
         let key = self.key(req.key, Field::Single)?;
         let deleted = self.store.delete(&key).await?;
         Ok(pb::DeleteResponse { deleted })
+    }
+
+    pub(super) async fn increment_one(
+        &self,
+        req: pb::IncrementRequest,
+    ) -> Result<pb::IncrementResponse, Error> {
+        let key = self.key(req.key, Field::Single)?;
+        let ttl = Ttl::from_secs(req.ttl_seconds.unwrap_or(self.limits.default_ttl));
+        let value = self
+            .store
+            .increment(Increment {
+                key,
+                delta: req.delta,
+                initial: req.initial_value,
+                ttl,
+            })
+            .await?;
+        Ok(pb::IncrementResponse { value })
+    }
+
+    pub(super) async fn touch_one(
+        &self,
+        req: pb::TouchRequest,
+    ) -> Result<pb::TouchResponse, Error> {
+        let key = self.key(req.key, Field::Single)?;
+        let found = self
+            .store
+            .touch(&key, Ttl::from_secs(req.ttl_seconds))
+            .await?;
+        Ok(pb::TouchResponse { found })
     }
 
     pub(super) async fn list_keys(&self, req: pb::ListRequest) -> Result<pb::ListResponse, Error> {

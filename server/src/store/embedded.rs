@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use moka::Expiry;
 use moka::notification::RemovalCause;
+use moka::ops::compute::Op;
 use moka::sync::Cache;
 
 use super::budget::Reservation;
-use super::{BackendStats, Item, Reachability, ShardReport, Store};
+use super::{BackendStats, Increment, Item, Reachability, ShardReport, Store, add_delta};
 use crate::error::Error;
 use crate::key::{Key, Ttl};
 use crate::metrics::ShardCounts;
@@ -136,6 +137,65 @@ impl EmbeddedStore {
         );
     }
 
+    /// When an item written now with `ttl` expires.
+    fn expiry(ttl: Ttl) -> Option<Instant> {
+        ttl.as_duration().map(|d| Instant::now() + d)
+    }
+
+    /// One counter change, atomic per key (moka runs one compute per key
+    /// at a time).
+    fn add(&self, inc: Increment) -> Result<u64, Error> {
+        let mut outcome = Err(Error::KeyNotFound {
+            key: crate::error::shorten(inc.key.as_str()),
+        });
+        self.cache.entry(inc.key.clone()).and_compute_with(|found| {
+            match found.map(|e| e.into_value()) {
+                Some(e) if e.live(Instant::now()) => match add_delta(&e.value, inc.delta) {
+                    Some((n, value)) => {
+                        outcome = Ok(n);
+                        // The counter keeps its TTL.
+                        Op::Put(Entry { value, ..e })
+                    }
+                    None => {
+                        outcome = Err(Error::NotANumber {
+                            key: crate::error::shorten(inc.key.as_str()),
+                        });
+                        Op::Nop
+                    }
+                },
+                _ => match inc.initial {
+                    Some(n) => {
+                        outcome = Ok(n);
+                        Op::Put(Entry {
+                            value: Bytes::from(n.to_string()),
+                            expires_at: Self::expiry(inc.ttl),
+                        })
+                    }
+                    None => Op::Nop,
+                },
+            }
+        });
+        outcome
+    }
+
+    /// A new TTL for a live item; false if there is none.
+    fn retime(&self, key: &Key, ttl: Ttl) -> bool {
+        let mut found = false;
+        self.cache
+            .entry(key.clone())
+            .and_compute_with(|e| match e.map(|e| e.into_value()) {
+                Some(e) if e.live(Instant::now()) => {
+                    found = true;
+                    Op::Put(Entry {
+                        expires_at: Self::expiry(ttl),
+                        ..e
+                    })
+                }
+                _ => Op::Nop,
+            });
+        found
+    }
+
     fn remove(&self, key: &Key) -> bool {
         self.cache
             .remove(key)
@@ -159,6 +219,14 @@ impl Store for EmbeddedStore {
 
     async fn delete(&self, key: &Key) -> Result<bool, Error> {
         Ok(self.remove(key))
+    }
+
+    async fn increment(&self, inc: Increment) -> Result<u64, Error> {
+        self.add(inc)
+    }
+
+    async fn touch(&self, key: &Key, ttl: Ttl) -> Result<bool, Error> {
+        Ok(self.retime(key, ttl))
     }
 
     async fn get_many(

@@ -31,6 +31,53 @@ pub struct Item {
     pub ttl: Ttl,
 }
 
+/// One counter change (the Increment RPC).
+#[derive(Clone, Debug)]
+pub struct Increment {
+    /// The counter.
+    pub key: Key,
+    /// Added to it; negative subtracts, stopping at 0.
+    pub delta: i64,
+    /// When the key is missing: create it holding this (and return it,
+    /// without applying `delta`), living `ttl`. `None`: a missing key is
+    /// [`Error::KeyNotFound`].
+    pub initial: Option<u64>,
+    /// The TTL of a counter created from `initial`.
+    pub ttl: Ttl,
+}
+
+/// memcached's counter arithmetic on a stored value, for the embedded
+/// store: the new value, and the bytes to store. `None` when `stored` is
+/// not a number as memcached reads one (optional leading whitespace, 1 to
+/// 20 digits fitting in 64 bits, then the end or whitespace). Increments
+/// wrap around at 2^64, decrements stop at 0, and a number shorter than
+/// the stored text is padded with spaces to its length, as memcached
+/// rewrites counters in place.
+pub fn add_delta(stored: &[u8], delta: i64) -> Option<(u64, Bytes)> {
+    let text = stored.trim_ascii_start();
+    let digits = text
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(text.len());
+    if digits == 0 || (digits < text.len() && !text[digits].is_ascii_whitespace()) {
+        return None;
+    }
+    let current = std::str::from_utf8(&text[..digits])
+        .ok()?
+        .parse::<u64>()
+        .ok()?;
+    let value = if delta >= 0 {
+        current.wrapping_add(delta.unsigned_abs())
+    } else {
+        current.saturating_sub(delta.unsigned_abs())
+    };
+    let mut out = value.to_string().into_bytes();
+    if out.len() < stored.len() {
+        out.resize(stored.len(), b' ');
+    }
+    Some((value, Bytes::from(out)))
+}
+
 /// Reachability of the store, as the health service reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reachability {
@@ -134,6 +181,16 @@ pub trait Store: Send + Sync + 'static {
     /// Removes one key; `Ok(true)` if it existed.
     fn delete(&self, key: &Key) -> impl Future<Output = Result<bool, Error>> + Send;
 
+    /// Changes a counter atomically and returns its new value (see
+    /// [`Increment`]): [`Error::KeyNotFound`] when it is missing and no
+    /// initial value is given, [`Error::NotANumber`] when the stored value
+    /// is not a decimal number.
+    fn increment(&self, inc: Increment) -> impl Future<Output = Result<u64, Error>> + Send;
+
+    /// Sets a new TTL on `key` without changing its value; `Ok(true)` if
+    /// it existed.
+    fn touch(&self, key: &Key, ttl: Ttl) -> impl Future<Output = Result<bool, Error>> + Send;
+
     /// Reads many keys, one result per key in the same order. Values are
     /// charged to `budget` as they arrive; once it is exceeded the call
     /// fails as a whole (and what still arrives is dropped, not kept).
@@ -180,6 +237,23 @@ pub trait Store: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counter_arithmetic_follows_memcached() {
+        let add = |s: &str, d| add_delta(s.as_bytes(), d).map(|(v, b)| (v, b.to_vec()));
+        assert_eq!(add("41", 1), Some((42, b"42".to_vec())));
+        assert_eq!(add("15", -100), Some((0, b"0 ".to_vec())));
+        assert_eq!(add("5 ", 5), Some((10, b"10".to_vec())));
+        assert_eq!(add(" 7", 0), Some((7, b"7 ".to_vec())));
+        assert_eq!(
+            add("18446744073709551615", 2),
+            Some((1, format!("1{:19}", "").into_bytes()))
+        );
+        assert_eq!(add("0", i64::MIN), Some((0, b"0".to_vec())));
+        for bad in ["", " ", "x", "-1", "+1", "1x", "18446744073709551616"] {
+            assert_eq!(add(bad, 1), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn backend_stats_from_memcached() {

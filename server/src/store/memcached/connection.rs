@@ -81,6 +81,9 @@ pub enum ConnError {
 pub enum Expect {
     /// One meta reply echoing the request's token and this key.
     One(Key),
+    /// The reply to an `ma` (counter) for this key: like [`Expect::One`],
+    /// or memcached's non-numeric `CLIENT_ERROR`, which names no key.
+    Counter(Key),
     /// A quiet meta batch for these keys (token `base + i` for key `i`),
     /// closed by `MN`: replies come only for what quiet mode does not
     /// suppress, in key order.
@@ -107,6 +110,8 @@ pub enum Reply {
     Meta(MetaReply),
     /// `SERVER_ERROR` in answer to an [`Expect::One`].
     ServerError(String),
+    /// An [`Expect::Counter`]'s value is not a number.
+    NonNumeric,
     /// The replies to an [`Expect::Quiet`] batch, by key index.
     Quiet {
         /// Replies quiet mode did not suppress.
@@ -538,6 +543,19 @@ fn decode_meta(p: &mut Pending, buf: &mut BytesMut) -> Result<Option<Reply>, Pro
             meta::parse_line(&buf[..line_len]).map_err(|e| ProtocolError::Unexpected(e.0))?;
         let (code, len, flags) = match line {
             Line::Rejected(m) => return Err(ProtocolError::Rejected(m)),
+            // Replies come in request order and this one awaits an `ma`:
+            // memcached parsed that command whole and refused only its
+            // value, so the stream is in step and the connection stays.
+            Line::NonNumeric if matches!(p.expect, Expect::Counter(_)) => {
+                buf.advance(line_len + 2);
+                return Ok(Some(Reply::NonNumeric));
+            }
+            // Where no counter was awaited it answers nothing we sent.
+            Line::NonNumeric => {
+                return Err(ProtocolError::Rejected(
+                    String::from_utf8_lossy(meta::NON_NUMERIC).into_owned(),
+                ));
+            }
             Line::ServerError(m) => {
                 buf.advance(line_len + 2);
                 match p.expect {
@@ -568,7 +586,7 @@ fn decode_meta(p: &mut Pending, buf: &mut BytesMut) -> Result<Option<Reply>, Pro
             _ if code == Code::NoOp => {
                 return Err(mismatch("MN where no quiet batch was open".into()));
             }
-            Expect::One(want) => {
+            Expect::One(want) | Expect::Counter(want) => {
                 if flags.token != Some(p.token) {
                     return Err(mismatch(format!(
                         "token {:?} where {} was awaited",
@@ -944,5 +962,58 @@ mod tests {
         assert_eq!(got, want);
         peer.write_all(b"HD kbig O0\r\n").await.unwrap();
         assert!(call.await.unwrap().is_ok());
+    }
+
+    fn incr(k: &str) -> Request<impl FnOnce(&mut BytesMut, u32)> {
+        let key = key(k);
+        let encoded = key.clone();
+        Request {
+            encode: move |buf: &mut BytesMut, token| {
+                meta::encode_arithmetic(buf, encoded.as_str(), 1, false, None, token)
+            },
+            tokens: 1,
+            expect: Expect::Counter(key),
+            max_value: 64,
+            budget: None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_non_numeric_counter_keeps_the_connection_in_step() {
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let c = conn.clone();
+        let counter = tokio::spawn(async move { c.request(incr("text"), T).await });
+        assert_eq!(read_some(&mut peer).await, "ma text D1 MI v k O0\r\n");
+        let c = conn.clone();
+        let next = tokio::spawn(async move { c.request(incr("n"), T).await });
+        assert_eq!(read_some(&mut peer).await, "ma n D1 MI v k O1\r\n");
+        peer.write_all(
+            b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\nVA 1 kn O1\r\n8\r\n",
+        )
+        .await
+        .unwrap();
+        assert_eq!(counter.await.unwrap().unwrap(), Reply::NonNumeric);
+        let Reply::Meta(r) = next.await.unwrap().unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.value.as_deref(), Some(&b"8"[..]));
+        assert!(!conn.is_closed());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_non_numeric_error_for_a_read_closes_the_connection() {
+        let (conn, mut peer) = pair(Mode::Meta).await;
+        let c = conn.clone();
+        let call = tokio::spawn(async move { c.request(get("a"), T).await });
+        read_some(&mut peer).await;
+        peer.write_all(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n")
+            .await
+            .unwrap();
+        let err = call.await.unwrap().unwrap_err();
+        assert!(
+            matches!(err, ConnError::Protocol(ProtocolError::Rejected(_))),
+            "{err:?}"
+        );
+        assert!(conn.is_closed());
     }
 }

@@ -135,6 +135,40 @@ pub fn encode_delete(buf: &mut BytesMut, key: &str, token: u32, quiet: bool) {
     if quiet { cmd.flag(b'q') } else { cmd }.finish();
 }
 
+/// Appends `ma <key> [N<exptime> J<initial>] D<delta> M<I|D> v k O<token>`:
+/// add `delta` to a counter (or subtract it when `decrement`), returning
+/// the new value. With `create`, a missing key is created holding
+/// `initial` with `exptime` (the value returned is then `initial`).
+pub fn encode_arithmetic(
+    buf: &mut BytesMut,
+    key: &str,
+    delta: u64,
+    decrement: bool,
+    create: Option<(u64, u64)>,
+    token: u32,
+) {
+    let mut cmd = Command::new(buf, b"ma", key);
+    if let Some((initial, exptime)) = create {
+        cmd = cmd.flag_num(b'N', exptime).flag_num(b'J', initial);
+    }
+    cmd.flag_num(b'D', delta)
+        .flag_mode(b'M', if decrement { b'D' } else { b'I' })
+        .flag(b'v')
+        .flag(b'k')
+        .token(token)
+        .finish();
+}
+
+/// Appends `mg <key> T<exptime> k O<token>`: a touch that reads no value
+/// (`HD` when the key exists, `EN` when not).
+pub fn encode_touch(buf: &mut BytesMut, key: &str, exptime: u64, token: u32) {
+    Command::new(buf, b"mg", key)
+        .flag_num(b'T', exptime)
+        .flag(b'k')
+        .token(token)
+        .finish();
+}
+
 /// Appends `mn`: answered by `MN` once every command before it is answered.
 pub fn encode_noop(buf: &mut BytesMut) {
     buf.put_slice(b"mn\r\n");
@@ -196,7 +230,16 @@ pub enum Line {
     /// `CLIENT_ERROR ...` or `ERROR`: the server did not understand what
     /// it was sent, so the stream position can no longer be trusted.
     Rejected(String),
+    /// [`NON_NUMERIC`]: an `ma` found a value that is not a number. Unlike
+    /// other `CLIENT_ERROR`s, memcached sends it after parsing the whole
+    /// command, so the stream is still in step — but only an `ma` can
+    /// cause it (the connection decides, by what it awaits).
+    NonNumeric,
 }
+
+/// memcached's reply to `ma` on a value that is not a decimal number (also
+/// an empty value or a lease placeholder). It carries no token or key.
+pub const NON_NUMERIC: &[u8] = b"CLIENT_ERROR cannot increment or decrement non-numeric value";
 
 /// Why a reply line is not a meta reply.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -211,6 +254,9 @@ pub fn parse_line(line: &[u8]) -> Result<(Line, Option<&[u8]>), BadLine> {
     let text = |b: &[u8]| String::from_utf8_lossy(b).chars().take(120).collect();
     if let Some(msg) = line.strip_prefix(b"SERVER_ERROR") {
         return Ok((Line::ServerError(text(msg.trim_ascii_start())), None));
+    }
+    if line == NON_NUMERIC {
+        return Ok((Line::NonNumeric, None));
     }
     if line == b"ERROR" || line.starts_with(b"CLIENT_ERROR") {
         return Ok((Line::Rejected(text(line)), None));
@@ -295,6 +341,32 @@ mod tests {
             &b[..],
             &b"mg a v k O1\r\nmg b v k O2 q\r\nms k 4 T60 k O3\r\nv\r\n\0\r\nmd k k O4294967295 q\r\nmn\r\n"[..]
         );
+    }
+
+    #[test]
+    fn encodes_counters_and_touch() {
+        let mut b = BytesMut::new();
+        encode_arithmetic(&mut b, "c", 5, false, None, 1);
+        encode_arithmetic(&mut b, "c", u64::MAX, true, Some((10, 60)), 2);
+        encode_touch(&mut b, "c", 30, 3);
+        assert_eq!(
+            &b[..],
+            &b"ma c D5 MI v k O1\r\nma c N60 J10 D18446744073709551615 MD v k O2\r\nmg c T30 k O3\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn only_the_exact_non_numeric_error_is_told_apart() {
+        assert_eq!(
+            parse_line(b"CLIENT_ERROR cannot increment or decrement non-numeric value"),
+            Ok((Line::NonNumeric, None))
+        );
+        for other in [
+            &b"CLIENT_ERROR cannot increment or decrement non-numeric value x"[..],
+            b"CLIENT_ERROR bad command line format",
+        ] {
+            assert!(matches!(parse_line(other), Ok((Line::Rejected(_), None))));
+        }
     }
 
     #[test]

@@ -37,10 +37,10 @@ use self::ring::{Placement, ShardSpec};
 use self::shard::{Lane, PoolSettings, Shard};
 use self::singleflight::Flights;
 use super::budget::Reservation;
-use super::{BackendStats, Item, Reachability, ShardReport, Store};
+use super::{BackendStats, Increment, Item, Reachability, ShardReport, Store};
 use crate::config::Rebalance;
 use crate::error::Error;
-use crate::key::Key;
+use crate::key::{Key, Ttl};
 use crate::metrics::{CacheMetrics, Metrics};
 
 /// Keys per pipelined batch on one connection; bigger groups are split
@@ -492,6 +492,87 @@ impl ShardedStore {
         }
     }
 
+    /// One `ma` on `shard`. Text-protocol servers have no `ma` (and their
+    /// `incr` cannot create a counter atomically): UNIMPLEMENTED.
+    async fn add_delta(shard: &Shard, inc: &Increment) -> Result<u64, Error> {
+        let conn = shard.connection(Lane::Single).await?;
+        if conn.mode() == Mode::Text {
+            return Err(Error::Unsupported {
+                addr: shard.addr().to_owned(),
+                what: "Increment",
+            });
+        }
+        let key = inc.key.as_str();
+        let create = inc
+            .initial
+            .map(|n| (n, inc.ttl.memcached_exptime(SystemTime::now())));
+        let req = Request {
+            encode: |buf: &mut BytesMut, token| {
+                let (delta, decrement) = (inc.delta.unsigned_abs(), inc.delta < 0);
+                meta::encode_arithmetic(buf, key, delta, decrement, create, token)
+            },
+            tokens: 1,
+            expect: Expect::Counter(inc.key.clone()),
+            // A 64-bit number in decimal.
+            max_value: 20,
+            budget: None,
+        };
+        match shard.call(&conn, req).await? {
+            Reply::Meta(MetaReply {
+                code: Code::Value,
+                value: Some(v),
+                ..
+            }) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(|n| n.trim_ascii().parse().ok())
+                .ok_or_else(|| Error::ShardError {
+                    addr: shard.addr().to_owned(),
+                    message: format!("counter value {v:?} is not a number"),
+                }),
+            Reply::Meta(MetaReply {
+                code: Code::NotFound,
+                ..
+            }) => Err(Error::KeyNotFound {
+                key: crate::error::shorten(key),
+            }),
+            Reply::NonNumeric => Err(Error::NotANumber {
+                key: crate::error::shorten(key),
+            }),
+            other => Err(unexpected(shard, other)),
+        }
+    }
+
+    /// One touch (`mg` with `T`, no value) on `shard`; text-protocol
+    /// servers: UNIMPLEMENTED.
+    async fn touch_on(shard: &Shard, key: &Key, ttl: Ttl) -> Result<bool, Error> {
+        let conn = shard.connection(Lane::Single).await?;
+        if conn.mode() == Mode::Text {
+            return Err(Error::Unsupported {
+                addr: shard.addr().to_owned(),
+                what: "Touch",
+            });
+        }
+        let exptime = ttl.memcached_exptime(SystemTime::now());
+        let req = Request {
+            encode: |buf: &mut BytesMut, token| {
+                meta::encode_touch(buf, key.as_str(), exptime, token)
+            },
+            tokens: 1,
+            expect: Expect::One(key.clone()),
+            max_value: 0,
+            budget: None,
+        };
+        match shard.call(&conn, req).await? {
+            Reply::Meta(MetaReply {
+                code: Code::Done, ..
+            }) => Ok(true),
+            Reply::Meta(MetaReply {
+                code: Code::Miss, ..
+            }) => Ok(false),
+            other => Err(unexpected(shard, other)),
+        }
+    }
+
     /// Lists one shard with a hash-table walk, falling back to an LRU walk
     /// on a memcached too old to know it.
     async fn list_shard(
@@ -655,6 +736,24 @@ impl Store for ShardedStore {
         // Before the delete, so no fallback finds the old copy after it.
         rebalance::forget_old_copies(&pool, &[key], &self.metrics).await;
         Self::write_one(shard, WriteGroup::one_delete(key.clone())).await
+    }
+
+    async fn increment(&self, inc: Increment) -> Result<u64, Error> {
+        // A write: no Get that starts after it may join an older read.
+        self.flights.forget(&inc.key);
+        let pool = self.members.load();
+        let shard = &self.shard_in(&pool, inc.key.as_str())?;
+        let value = Self::add_delta(shard, &inc).await?;
+        // As for Set: the previous owner's copy (after a pool change) must
+        // not come back through a fallback read.
+        rebalance::forget_old_copies(&pool, &[&inc.key], &self.metrics).await;
+        Ok(value)
+    }
+
+    async fn touch(&self, key: &Key, ttl: Ttl) -> Result<bool, Error> {
+        self.flights.forget(key);
+        let shard = self.shard_for(key.as_str())?;
+        Self::touch_on(&shard, key, ttl).await
     }
 
     async fn get_many(

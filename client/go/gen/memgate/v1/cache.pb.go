@@ -1780,6 +1780,230 @@ func (x *KeyLocation) GetUp() bool {
 	return false
 }
 
+// IncrementRequest names a counter and how to change it.
+type IncrementRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The counter's key.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Added to the counter; a negative delta is subtracted, stopping at 0.
+	Delta int64 `protobuf:"varint,2,opt,name=delta,proto3" json:"delta,omitempty"`
+	// When the key is missing: create it holding this value (returned as
+	// is; `delta` is not applied). Absent: a missing key is NOT_FOUND.
+	InitialValue *uint64 `protobuf:"varint,3,opt,name=initial_value,json=initialValue,proto3,oneof" json:"initial_value,omitempty"`
+	// TTL of a counter created from `initial_value`, with the rules of
+	// SetRequest.ttl_seconds (absent: --default-ttl; 0: never expires). An
+	// existing counter keeps its TTL.
+	TtlSeconds    *uint32 `protobuf:"varint,4,opt,name=ttl_seconds,json=ttlSeconds,proto3,oneof" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IncrementRequest) Reset() {
+	*x = IncrementRequest{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IncrementRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IncrementRequest) ProtoMessage() {}
+
+func (x *IncrementRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IncrementRequest.ProtoReflect.Descriptor instead.
+func (*IncrementRequest) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *IncrementRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *IncrementRequest) GetDelta() int64 {
+	if x != nil {
+		return x.Delta
+	}
+	return 0
+}
+
+func (x *IncrementRequest) GetInitialValue() uint64 {
+	if x != nil && x.InitialValue != nil {
+		return *x.InitialValue
+	}
+	return 0
+}
+
+func (x *IncrementRequest) GetTtlSeconds() uint32 {
+	if x != nil && x.TtlSeconds != nil {
+		return *x.TtlSeconds
+	}
+	return 0
+}
+
+// IncrementResponse carries the counter after the change.
+type IncrementResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The counter's new value (or `initial_value` when it was created).
+	Value         uint64 `protobuf:"varint,1,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IncrementResponse) Reset() {
+	*x = IncrementResponse{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IncrementResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IncrementResponse) ProtoMessage() {}
+
+func (x *IncrementResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IncrementResponse.ProtoReflect.Descriptor instead.
+func (*IncrementResponse) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *IncrementResponse) GetValue() uint64 {
+	if x != nil {
+		return x.Value
+	}
+	return 0
+}
+
+// TouchRequest names the item whose TTL to set.
+type TouchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key to touch.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The new time to live in seconds, from now; 0: never expires. TTLs over
+	// memcached's 30-day limit work as for Set.
+	TtlSeconds    uint32 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TouchRequest) Reset() {
+	*x = TouchRequest{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TouchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TouchRequest) ProtoMessage() {}
+
+func (x *TouchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TouchRequest.ProtoReflect.Descriptor instead.
+func (*TouchRequest) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TouchRequest) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *TouchRequest) GetTtlSeconds() uint32 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+// TouchResponse reports whether the item existed.
+type TouchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True if the key existed (and its TTL was set).
+	Found         bool `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TouchResponse) Reset() {
+	*x = TouchResponse{}
+	mi := &file_memgate_v1_cache_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TouchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TouchResponse) ProtoMessage() {}
+
+func (x *TouchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_memgate_v1_cache_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TouchResponse.ProtoReflect.Descriptor instead.
+func (*TouchResponse) Descriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *TouchResponse) GetFound() bool {
+	if x != nil {
+		return x.Found
+	}
+	return false
+}
+
 var File_memgate_v1_cache_proto protoreflect.FileDescriptor
 
 const file_memgate_v1_cache_proto_rawDesc = "" +
@@ -1905,7 +2129,23 @@ const file_memgate_v1_cache_proto_rawDesc = "" +
 	"\vKeyLocation\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05shard\x18\x02 \x01(\tR\x05shard\x12\x0e\n" +
-	"\x02up\x18\x03 \x01(\bR\x02up2\xb2\x06\n" +
+	"\x02up\x18\x03 \x01(\bR\x02up\"\xac\x01\n" +
+	"\x10IncrementRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05delta\x18\x02 \x01(\x03R\x05delta\x12(\n" +
+	"\rinitial_value\x18\x03 \x01(\x04H\x00R\finitialValue\x88\x01\x01\x12$\n" +
+	"\vttl_seconds\x18\x04 \x01(\rH\x01R\n" +
+	"ttlSeconds\x88\x01\x01B\x10\n" +
+	"\x0e_initial_valueB\x0e\n" +
+	"\f_ttl_seconds\")\n" +
+	"\x11IncrementResponse\x12\x14\n" +
+	"\x05value\x18\x01 \x01(\x04R\x05value\"A\n" +
+	"\fTouchRequest\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\rR\n" +
+	"ttlSeconds\"%\n" +
+	"\rTouchResponse\x12\x14\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found2\xba\a\n" +
 	"\x05Cache\x126\n" +
 	"\x03Get\x12\x16.memgate.v1.GetRequest\x1a\x17.memgate.v1.GetResponse\x126\n" +
 	"\x03Set\x12\x16.memgate.v1.SetRequest\x1a\x17.memgate.v1.SetResponse\x12?\n" +
@@ -1918,7 +2158,9 @@ const file_memgate_v1_cache_proto_rawDesc = "" +
 	"\x0eBatchSetStream\x12\x16.memgate.v1.SetRequest\x1a\x1c.memgate.v1.BatchSetResponse(\x01\x12Q\n" +
 	"\x11BatchDeleteStream\x12\x19.memgate.v1.DeleteRequest\x1a\x1f.memgate.v1.BatchDeleteResponse(\x01\x12<\n" +
 	"\x05Stats\x12\x18.memgate.v1.StatsRequest\x1a\x19.memgate.v1.StatsResponse\x12?\n" +
-	"\x06Locate\x12\x19.memgate.v1.LocateRequest\x1a\x1a.memgate.v1.LocateResponseB?Z=github.com/memgate/memgate/client/go/gen/memgate/v1;memgatev1b\x06proto3"
+	"\x06Locate\x12\x19.memgate.v1.LocateRequest\x1a\x1a.memgate.v1.LocateResponse\x12H\n" +
+	"\tIncrement\x12\x1c.memgate.v1.IncrementRequest\x1a\x1d.memgate.v1.IncrementResponse\x12<\n" +
+	"\x05Touch\x12\x18.memgate.v1.TouchRequest\x1a\x19.memgate.v1.TouchResponseB?Z=github.com/memgate/memgate/client/go/gen/memgate/v1;memgatev1b\x06proto3"
 
 var (
 	file_memgate_v1_cache_proto_rawDescOnce sync.Once
@@ -1932,7 +2174,7 @@ func file_memgate_v1_cache_proto_rawDescGZIP() []byte {
 	return file_memgate_v1_cache_proto_rawDescData
 }
 
-var file_memgate_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_memgate_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_memgate_v1_cache_proto_goTypes = []any{
 	(*GetRequest)(nil),          // 0: memgate.v1.GetRequest
 	(*GetResponse)(nil),         // 1: memgate.v1.GetResponse
@@ -1961,6 +2203,10 @@ var file_memgate_v1_cache_proto_goTypes = []any{
 	(*LocateRequest)(nil),       // 24: memgate.v1.LocateRequest
 	(*LocateResponse)(nil),      // 25: memgate.v1.LocateResponse
 	(*KeyLocation)(nil),         // 26: memgate.v1.KeyLocation
+	(*IncrementRequest)(nil),    // 27: memgate.v1.IncrementRequest
+	(*IncrementResponse)(nil),   // 28: memgate.v1.IncrementResponse
+	(*TouchRequest)(nil),        // 29: memgate.v1.TouchRequest
+	(*TouchResponse)(nil),       // 30: memgate.v1.TouchResponse
 }
 var file_memgate_v1_cache_proto_depIdxs = []int32{
 	9,  // 0: memgate.v1.BatchGetResponse.results:type_name -> memgate.v1.GetResult
@@ -1986,20 +2232,24 @@ var file_memgate_v1_cache_proto_depIdxs = []int32{
 	4,  // 20: memgate.v1.Cache.BatchDeleteStream:input_type -> memgate.v1.DeleteRequest
 	16, // 21: memgate.v1.Cache.Stats:input_type -> memgate.v1.StatsRequest
 	24, // 22: memgate.v1.Cache.Locate:input_type -> memgate.v1.LocateRequest
-	1,  // 23: memgate.v1.Cache.Get:output_type -> memgate.v1.GetResponse
-	3,  // 24: memgate.v1.Cache.Set:output_type -> memgate.v1.SetResponse
-	5,  // 25: memgate.v1.Cache.Delete:output_type -> memgate.v1.DeleteResponse
-	7,  // 26: memgate.v1.Cache.List:output_type -> memgate.v1.ListResponse
-	10, // 27: memgate.v1.Cache.BatchGet:output_type -> memgate.v1.BatchGetResponse
-	13, // 28: memgate.v1.Cache.BatchSet:output_type -> memgate.v1.BatchSetResponse
-	15, // 29: memgate.v1.Cache.BatchDelete:output_type -> memgate.v1.BatchDeleteResponse
-	9,  // 30: memgate.v1.Cache.BatchGetStream:output_type -> memgate.v1.GetResult
-	13, // 31: memgate.v1.Cache.BatchSetStream:output_type -> memgate.v1.BatchSetResponse
-	15, // 32: memgate.v1.Cache.BatchDeleteStream:output_type -> memgate.v1.BatchDeleteResponse
-	17, // 33: memgate.v1.Cache.Stats:output_type -> memgate.v1.StatsResponse
-	25, // 34: memgate.v1.Cache.Locate:output_type -> memgate.v1.LocateResponse
-	23, // [23:35] is the sub-list for method output_type
-	11, // [11:23] is the sub-list for method input_type
+	27, // 23: memgate.v1.Cache.Increment:input_type -> memgate.v1.IncrementRequest
+	29, // 24: memgate.v1.Cache.Touch:input_type -> memgate.v1.TouchRequest
+	1,  // 25: memgate.v1.Cache.Get:output_type -> memgate.v1.GetResponse
+	3,  // 26: memgate.v1.Cache.Set:output_type -> memgate.v1.SetResponse
+	5,  // 27: memgate.v1.Cache.Delete:output_type -> memgate.v1.DeleteResponse
+	7,  // 28: memgate.v1.Cache.List:output_type -> memgate.v1.ListResponse
+	10, // 29: memgate.v1.Cache.BatchGet:output_type -> memgate.v1.BatchGetResponse
+	13, // 30: memgate.v1.Cache.BatchSet:output_type -> memgate.v1.BatchSetResponse
+	15, // 31: memgate.v1.Cache.BatchDelete:output_type -> memgate.v1.BatchDeleteResponse
+	9,  // 32: memgate.v1.Cache.BatchGetStream:output_type -> memgate.v1.GetResult
+	13, // 33: memgate.v1.Cache.BatchSetStream:output_type -> memgate.v1.BatchSetResponse
+	15, // 34: memgate.v1.Cache.BatchDeleteStream:output_type -> memgate.v1.BatchDeleteResponse
+	17, // 35: memgate.v1.Cache.Stats:output_type -> memgate.v1.StatsResponse
+	25, // 36: memgate.v1.Cache.Locate:output_type -> memgate.v1.LocateResponse
+	28, // 37: memgate.v1.Cache.Increment:output_type -> memgate.v1.IncrementResponse
+	30, // 38: memgate.v1.Cache.Touch:output_type -> memgate.v1.TouchResponse
+	25, // [25:39] is the sub-list for method output_type
+	11, // [11:25] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
 	11, // [11:11] is the sub-list for extension extendee
 	0,  // [0:11] is the sub-list for field type_name
@@ -2011,13 +2261,14 @@ func file_memgate_v1_cache_proto_init() {
 		return
 	}
 	file_memgate_v1_cache_proto_msgTypes[2].OneofWrappers = []any{}
+	file_memgate_v1_cache_proto_msgTypes[27].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_memgate_v1_cache_proto_rawDesc), len(file_memgate_v1_cache_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -36,6 +36,8 @@ const (
 	Cache_BatchDeleteStream_FullMethodName = "/memgate.v1.Cache/BatchDeleteStream"
 	Cache_Stats_FullMethodName             = "/memgate.v1.Cache/Stats"
 	Cache_Locate_FullMethodName            = "/memgate.v1.Cache/Locate"
+	Cache_Increment_FullMethodName         = "/memgate.v1.Cache/Increment"
+	Cache_Touch_FullMethodName             = "/memgate.v1.Cache/Touch"
 )
 
 // CacheClient is the client API for Cache service.
@@ -59,6 +61,10 @@ const (
 //	                   or the server is at its load limits
 //	UNAUTHENTICATED    tokens are required and the call has none or a wrong one
 //	INTERNAL           memcached answered with an error the server did not expect
+//	NOT_FOUND          Increment: the key does not exist and no initial_value was given
+//	FAILED_PRECONDITION Increment: the stored value is not a decimal number
+//	UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
+//	                   text protocol (e.g. twemproxy)
 //
 // Error details: every error status the server sends carries a
 // google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -96,6 +102,12 @@ const (
 //	CREDENTIALS_MISSING     UNAUTHENTICATED    no `authorization` header
 //	CREDENTIALS_UNSUPPORTED UNAUTHENTICATED    `authorization` is not `Bearer <token>`
 //	CREDENTIALS_REJECTED    UNAUTHENTICATED    the bearer token is not accepted
+//	KEY_NOT_FOUND           NOT_FOUND          Increment of a missing key without
+//	                                           initial_value (key)
+//	NOT_A_NUMBER            FAILED_PRECONDITION Increment of a value that is not a decimal
+//	                                           number of at most 20 digits (key)
+//	SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
+//	                                           call needs (shard)
 //
 // Per-key failures inside a batch or stream response (GetResult.error,
 // KeyError) carry the code and message only.
@@ -152,6 +164,20 @@ type CacheClient interface {
 	// (valid keys, at most the server's --max-batch-keys); the embedded
 	// store answers "embedded".
 	Locate(ctx context.Context, in *LocateRequest, opts ...grpc.CallOption) (*LocateResponse, error)
+	// Increment adds `delta` to the counter at `key` atomically and returns
+	// the new value (memcached's `ma`). Counters are unsigned 64-bit numbers
+	// stored as decimal ASCII, so Get reads them as text (e.g. "42"). An
+	// increment past 2^64-1 wraps around, as memcached's does; a negative
+	// delta decrements, stopping at 0. A decrement leaves the stored text
+	// padded with spaces to its previous length (memcached rewrites the
+	// number in place: "10" decremented by 5 reads "5 "); Increment itself
+	// reads such values fine. Errors: NOT_FOUND when the key is missing and
+	// no `initial_value` is given; FAILED_PRECONDITION when the stored value
+	// is not a decimal number.
+	Increment(ctx context.Context, in *IncrementRequest, opts ...grpc.CallOption) (*IncrementResponse, error)
+	// Touch sets a new TTL on an existing item without reading or changing
+	// its value; `found` says whether the key existed.
+	Touch(ctx context.Context, in *TouchRequest, opts ...grpc.CallOption) (*TouchResponse, error)
 }
 
 type cacheClient struct {
@@ -291,6 +317,26 @@ func (c *cacheClient) Locate(ctx context.Context, in *LocateRequest, opts ...grp
 	return out, nil
 }
 
+func (c *cacheClient) Increment(ctx context.Context, in *IncrementRequest, opts ...grpc.CallOption) (*IncrementResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IncrementResponse)
+	err := c.cc.Invoke(ctx, Cache_Increment_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cacheClient) Touch(ctx context.Context, in *TouchRequest, opts ...grpc.CallOption) (*TouchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TouchResponse)
+	err := c.cc.Invoke(ctx, Cache_Touch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CacheServer is the server API for Cache service.
 // All implementations must embed UnimplementedCacheServer
 // for forward compatibility.
@@ -312,6 +358,10 @@ func (c *cacheClient) Locate(ctx context.Context, in *LocateRequest, opts ...grp
 //	                   or the server is at its load limits
 //	UNAUTHENTICATED    tokens are required and the call has none or a wrong one
 //	INTERNAL           memcached answered with an error the server did not expect
+//	NOT_FOUND          Increment: the key does not exist and no initial_value was given
+//	FAILED_PRECONDITION Increment: the stored value is not a decimal number
+//	UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
+//	                   text protocol (e.g. twemproxy)
 //
 // Error details: every error status the server sends carries a
 // google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -349,6 +399,12 @@ func (c *cacheClient) Locate(ctx context.Context, in *LocateRequest, opts ...grp
 //	CREDENTIALS_MISSING     UNAUTHENTICATED    no `authorization` header
 //	CREDENTIALS_UNSUPPORTED UNAUTHENTICATED    `authorization` is not `Bearer <token>`
 //	CREDENTIALS_REJECTED    UNAUTHENTICATED    the bearer token is not accepted
+//	KEY_NOT_FOUND           NOT_FOUND          Increment of a missing key without
+//	                                           initial_value (key)
+//	NOT_A_NUMBER            FAILED_PRECONDITION Increment of a value that is not a decimal
+//	                                           number of at most 20 digits (key)
+//	SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
+//	                                           call needs (shard)
 //
 // Per-key failures inside a batch or stream response (GetResult.error,
 // KeyError) carry the code and message only.
@@ -405,6 +461,20 @@ type CacheServer interface {
 	// (valid keys, at most the server's --max-batch-keys); the embedded
 	// store answers "embedded".
 	Locate(context.Context, *LocateRequest) (*LocateResponse, error)
+	// Increment adds `delta` to the counter at `key` atomically and returns
+	// the new value (memcached's `ma`). Counters are unsigned 64-bit numbers
+	// stored as decimal ASCII, so Get reads them as text (e.g. "42"). An
+	// increment past 2^64-1 wraps around, as memcached's does; a negative
+	// delta decrements, stopping at 0. A decrement leaves the stored text
+	// padded with spaces to its previous length (memcached rewrites the
+	// number in place: "10" decremented by 5 reads "5 "); Increment itself
+	// reads such values fine. Errors: NOT_FOUND when the key is missing and
+	// no `initial_value` is given; FAILED_PRECONDITION when the stored value
+	// is not a decimal number.
+	Increment(context.Context, *IncrementRequest) (*IncrementResponse, error)
+	// Touch sets a new TTL on an existing item without reading or changing
+	// its value; `found` says whether the key existed.
+	Touch(context.Context, *TouchRequest) (*TouchResponse, error)
 	mustEmbedUnimplementedCacheServer()
 }
 
@@ -450,6 +520,12 @@ func (UnimplementedCacheServer) Stats(context.Context, *StatsRequest) (*StatsRes
 }
 func (UnimplementedCacheServer) Locate(context.Context, *LocateRequest) (*LocateResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Locate not implemented")
+}
+func (UnimplementedCacheServer) Increment(context.Context, *IncrementRequest) (*IncrementResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Increment not implemented")
+}
+func (UnimplementedCacheServer) Touch(context.Context, *TouchRequest) (*TouchResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Touch not implemented")
 }
 func (UnimplementedCacheServer) mustEmbedUnimplementedCacheServer() {}
 func (UnimplementedCacheServer) testEmbeddedByValue()               {}
@@ -655,6 +731,42 @@ func _Cache_Locate_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cache_Increment_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IncrementRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServer).Increment(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cache_Increment_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServer).Increment(ctx, req.(*IncrementRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cache_Touch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TouchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CacheServer).Touch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cache_Touch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CacheServer).Touch(ctx, req.(*TouchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cache_ServiceDesc is the grpc.ServiceDesc for Cache service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -697,6 +809,14 @@ var Cache_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Locate",
 			Handler:    _Cache_Locate_Handler,
+		},
+		{
+			MethodName: "Increment",
+			Handler:    _Cache_Increment_Handler,
+		},
+		{
+			MethodName: "Touch",
+			Handler:    _Cache_Touch_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

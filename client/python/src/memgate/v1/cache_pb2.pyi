@@ -273,3 +273,35 @@ class KeyLocation(_message.Message):
     shard: str
     up: bool
     def __init__(self, key: _Optional[str] = ..., shard: _Optional[str] = ..., up: bool = ...) -> None: ...
+
+class IncrementRequest(_message.Message):
+    __slots__ = ("key", "delta", "initial_value", "ttl_seconds")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    delta: int
+    initial_value: int
+    ttl_seconds: int
+    def __init__(self, key: _Optional[str] = ..., delta: _Optional[int] = ..., initial_value: _Optional[int] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class IncrementResponse(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: int
+    def __init__(self, value: _Optional[int] = ...) -> None: ...
+
+class TouchRequest(_message.Message):
+    __slots__ = ("key", "ttl_seconds")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    ttl_seconds: int
+    def __init__(self, key: _Optional[str] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+
+class TouchResponse(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: bool = ...) -> None: ...

@@ -42,6 +42,10 @@ class CacheStub(object):
     or the server is at its load limits
     UNAUTHENTICATED    tokens are required and the call has none or a wrong one
     INTERNAL           memcached answered with an error the server did not expect
+    NOT_FOUND          Increment: the key does not exist and no initial_value was given
+    FAILED_PRECONDITION Increment: the stored value is not a decimal number
+    UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
+    text protocol (e.g. twemproxy)
 
     Error details: every error status the server sends carries a
     google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -77,6 +81,12 @@ class CacheStub(object):
     CREDENTIALS_MISSING     UNAUTHENTICATED    no `authorization` header
     CREDENTIALS_UNSUPPORTED UNAUTHENTICATED    `authorization` is not `Bearer <token>`
     CREDENTIALS_REJECTED    UNAUTHENTICATED    the bearer token is not accepted
+    KEY_NOT_FOUND           NOT_FOUND          Increment of a missing key without
+    initial_value (key)
+    NOT_A_NUMBER            FAILED_PRECONDITION Increment of a value that is not a decimal
+    number of at most 20 digits (key)
+    SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
+    call needs (shard)
     Per-key failures inside a batch or stream response (GetResult.error,
     KeyError) carry the code and message only.
     """
@@ -147,6 +157,16 @@ class CacheStub(object):
                 request_serializer=memgate_dot_v1_dot_cache__pb2.LocateRequest.SerializeToString,
                 response_deserializer=memgate_dot_v1_dot_cache__pb2.LocateResponse.FromString,
                 _registered_method=True)
+        self.Increment = channel.unary_unary(
+                '/memgate.v1.Cache/Increment',
+                request_serializer=memgate_dot_v1_dot_cache__pb2.IncrementRequest.SerializeToString,
+                response_deserializer=memgate_dot_v1_dot_cache__pb2.IncrementResponse.FromString,
+                _registered_method=True)
+        self.Touch = channel.unary_unary(
+                '/memgate.v1.Cache/Touch',
+                request_serializer=memgate_dot_v1_dot_cache__pb2.TouchRequest.SerializeToString,
+                response_deserializer=memgate_dot_v1_dot_cache__pb2.TouchResponse.FromString,
+                _registered_method=True)
 
 
 class CacheServicer(object):
@@ -166,6 +186,10 @@ class CacheServicer(object):
     or the server is at its load limits
     UNAUTHENTICATED    tokens are required and the call has none or a wrong one
     INTERNAL           memcached answered with an error the server did not expect
+    NOT_FOUND          Increment: the key does not exist and no initial_value was given
+    FAILED_PRECONDITION Increment: the stored value is not a decimal number
+    UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
+    text protocol (e.g. twemproxy)
 
     Error details: every error status the server sends carries a
     google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -201,6 +225,12 @@ class CacheServicer(object):
     CREDENTIALS_MISSING     UNAUTHENTICATED    no `authorization` header
     CREDENTIALS_UNSUPPORTED UNAUTHENTICATED    `authorization` is not `Bearer <token>`
     CREDENTIALS_REJECTED    UNAUTHENTICATED    the bearer token is not accepted
+    KEY_NOT_FOUND           NOT_FOUND          Increment of a missing key without
+    initial_value (key)
+    NOT_A_NUMBER            FAILED_PRECONDITION Increment of a value that is not a decimal
+    number of at most 20 digits (key)
+    SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
+    call needs (shard)
     Per-key failures inside a batch or stream response (GetResult.error,
     KeyError) carry the code and message only.
     """
@@ -317,6 +347,30 @@ class CacheServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Increment(self, request, context):
+        """Increment adds `delta` to the counter at `key` atomically and returns
+        the new value (memcached's `ma`). Counters are unsigned 64-bit numbers
+        stored as decimal ASCII, so Get reads them as text (e.g. "42"). An
+        increment past 2^64-1 wraps around, as memcached's does; a negative
+        delta decrements, stopping at 0. A decrement leaves the stored text
+        padded with spaces to its previous length (memcached rewrites the
+        number in place: "10" decremented by 5 reads "5 "); Increment itself
+        reads such values fine. Errors: NOT_FOUND when the key is missing and
+        no `initial_value` is given; FAILED_PRECONDITION when the stored value
+        is not a decimal number.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Touch(self, request, context):
+        """Touch sets a new TTL on an existing item without reading or changing
+        its value; `found` says whether the key existed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CacheServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -380,6 +434,16 @@ def add_CacheServicer_to_server(servicer, server):
                     request_deserializer=memgate_dot_v1_dot_cache__pb2.LocateRequest.FromString,
                     response_serializer=memgate_dot_v1_dot_cache__pb2.LocateResponse.SerializeToString,
             ),
+            'Increment': grpc.unary_unary_rpc_method_handler(
+                    servicer.Increment,
+                    request_deserializer=memgate_dot_v1_dot_cache__pb2.IncrementRequest.FromString,
+                    response_serializer=memgate_dot_v1_dot_cache__pb2.IncrementResponse.SerializeToString,
+            ),
+            'Touch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Touch,
+                    request_deserializer=memgate_dot_v1_dot_cache__pb2.TouchRequest.FromString,
+                    response_serializer=memgate_dot_v1_dot_cache__pb2.TouchResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'memgate.v1.Cache', rpc_method_handlers)
@@ -405,6 +469,10 @@ class Cache(object):
     or the server is at its load limits
     UNAUTHENTICATED    tokens are required and the call has none or a wrong one
     INTERNAL           memcached answered with an error the server did not expect
+    NOT_FOUND          Increment: the key does not exist and no initial_value was given
+    FAILED_PRECONDITION Increment: the stored value is not a decimal number
+    UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
+    text protocol (e.g. twemproxy)
 
     Error details: every error status the server sends carries a
     google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -440,6 +508,12 @@ class Cache(object):
     CREDENTIALS_MISSING     UNAUTHENTICATED    no `authorization` header
     CREDENTIALS_UNSUPPORTED UNAUTHENTICATED    `authorization` is not `Bearer <token>`
     CREDENTIALS_REJECTED    UNAUTHENTICATED    the bearer token is not accepted
+    KEY_NOT_FOUND           NOT_FOUND          Increment of a missing key without
+    initial_value (key)
+    NOT_A_NUMBER            FAILED_PRECONDITION Increment of a value that is not a decimal
+    number of at most 20 digits (key)
+    SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
+    call needs (shard)
     Per-key failures inside a batch or stream response (GetResult.error,
     KeyError) carry the code and message only.
     """
@@ -758,6 +832,60 @@ class Cache(object):
             '/memgate.v1.Cache/Locate',
             memgate_dot_v1_dot_cache__pb2.LocateRequest.SerializeToString,
             memgate_dot_v1_dot_cache__pb2.LocateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Increment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memgate.v1.Cache/Increment',
+            memgate_dot_v1_dot_cache__pb2.IncrementRequest.SerializeToString,
+            memgate_dot_v1_dot_cache__pb2.IncrementResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Touch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/memgate.v1.Cache/Touch',
+            memgate_dot_v1_dot_cache__pb2.TouchRequest.SerializeToString,
+            memgate_dot_v1_dot_cache__pb2.TouchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -396,6 +396,50 @@ export interface KeyLocation {
   up: boolean;
 }
 
+/** IncrementRequest names a counter and how to change it. */
+export interface IncrementRequest {
+  /** The counter's key. */
+  key: string;
+  /** Added to the counter; a negative delta is subtracted, stopping at 0. */
+  delta: number;
+  /**
+   * When the key is missing: create it holding this value (returned as
+   * is; `delta` is not applied). Absent: a missing key is NOT_FOUND.
+   */
+  initialValue?:
+    | number
+    | undefined;
+  /**
+   * TTL of a counter created from `initial_value`, with the rules of
+   * SetRequest.ttl_seconds (absent: --default-ttl; 0: never expires). An
+   * existing counter keeps its TTL.
+   */
+  ttlSeconds?: number | undefined;
+}
+
+/** IncrementResponse carries the counter after the change. */
+export interface IncrementResponse {
+  /** The counter's new value (or `initial_value` when it was created). */
+  value: number;
+}
+
+/** TouchRequest names the item whose TTL to set. */
+export interface TouchRequest {
+  /** The key to touch. */
+  key: string;
+  /**
+   * The new time to live in seconds, from now; 0: never expires. TTLs over
+   * memcached's 30-day limit work as for Set.
+   */
+  ttlSeconds: number;
+}
+
+/** TouchResponse reports whether the item existed. */
+export interface TouchResponse {
+  /** True if the key existed (and its TTL was set). */
+  found: boolean;
+}
+
 function createBaseGetRequest(): GetRequest {
   return { key: "" };
 }
@@ -2561,6 +2605,274 @@ export const KeyLocation: MessageFns<KeyLocation> = {
   },
 };
 
+function createBaseIncrementRequest(): IncrementRequest {
+  return { key: "", delta: 0, initialValue: undefined, ttlSeconds: undefined };
+}
+
+export const IncrementRequest: MessageFns<IncrementRequest> = {
+  encode(message: IncrementRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.delta !== 0) {
+      writer.uint32(16).int64(message.delta);
+    }
+    if (message.initialValue !== undefined) {
+      writer.uint32(24).uint64(message.initialValue);
+    }
+    if (message.ttlSeconds !== undefined) {
+      writer.uint32(32).uint32(message.ttlSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IncrementRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIncrementRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.delta = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.initialValue = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.ttlSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<IncrementRequest>): IncrementRequest {
+    return IncrementRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<IncrementRequest>): IncrementRequest {
+    const message = createBaseIncrementRequest();
+    message.key = object.key ?? "";
+    message.delta = object.delta ?? 0;
+    message.initialValue = object.initialValue ?? undefined;
+    message.ttlSeconds = object.ttlSeconds ?? undefined;
+    return message;
+  },
+};
+
+function createBaseIncrementResponse(): IncrementResponse {
+  return { value: 0 };
+}
+
+export const IncrementResponse: MessageFns<IncrementResponse> = {
+  encode(message: IncrementResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.value !== 0) {
+      writer.uint32(8).uint64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): IncrementResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseIncrementResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.value = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<IncrementResponse>): IncrementResponse {
+    return IncrementResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<IncrementResponse>): IncrementResponse {
+    const message = createBaseIncrementResponse();
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseTouchRequest(): TouchRequest {
+  return { key: "", ttlSeconds: 0 };
+}
+
+export const TouchRequest: MessageFns<TouchRequest> = {
+  encode(message: TouchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.ttlSeconds !== 0) {
+      writer.uint32(16).uint32(message.ttlSeconds);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TouchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTouchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.ttlSeconds = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<TouchRequest>): TouchRequest {
+    return TouchRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TouchRequest>): TouchRequest {
+    const message = createBaseTouchRequest();
+    message.key = object.key ?? "";
+    message.ttlSeconds = object.ttlSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseTouchResponse(): TouchResponse {
+  return { found: false };
+}
+
+export const TouchResponse: MessageFns<TouchResponse> = {
+  encode(message: TouchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.found !== false) {
+      writer.uint32(8).bool(message.found);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TouchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTouchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.found = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  create(base?: DeepPartial<TouchResponse>): TouchResponse {
+    return TouchResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TouchResponse>): TouchResponse {
+    const message = createBaseTouchResponse();
+    message.found = object.found ?? false;
+    return message;
+  },
+};
+
 /**
  * Cache is a key-value cache. Keys are routed to one memcached shard by
  * consistent hashing; the server itself is stateless.
@@ -2578,6 +2890,10 @@ export const KeyLocation: MessageFns<KeyLocation> = {
  *                      or the server is at its load limits
  *   UNAUTHENTICATED    tokens are required and the call has none or a wrong one
  *   INTERNAL           memcached answered with an error the server did not expect
+ *   NOT_FOUND          Increment: the key does not exist and no initial_value was given
+ *   FAILED_PRECONDITION Increment: the stored value is not a decimal number
+ *   UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
+ *                      text protocol (e.g. twemproxy)
  *
  * Error details: every error status the server sends carries a
  * google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -2613,6 +2929,12 @@ export const KeyLocation: MessageFns<KeyLocation> = {
  *   CREDENTIALS_MISSING     UNAUTHENTICATED    no `authorization` header
  *   CREDENTIALS_UNSUPPORTED UNAUTHENTICATED    `authorization` is not `Bearer <token>`
  *   CREDENTIALS_REJECTED    UNAUTHENTICATED    the bearer token is not accepted
+ *   KEY_NOT_FOUND           NOT_FOUND          Increment of a missing key without
+ *                                              initial_value (key)
+ *   NOT_A_NUMBER            FAILED_PRECONDITION Increment of a value that is not a decimal
+ *                                              number of at most 20 digits (key)
+ *   SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
+ *                                              call needs (shard)
  * Per-key failures inside a batch or stream response (GetResult.error,
  * KeyError) carry the code and message only.
  */
@@ -2784,6 +3106,40 @@ export const CacheService = {
     responseSerialize: (value: LocateResponse): Buffer => Buffer.from(LocateResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): LocateResponse => LocateResponse.decode(value),
   },
+  /**
+   * Increment adds `delta` to the counter at `key` atomically and returns
+   * the new value (memcached's `ma`). Counters are unsigned 64-bit numbers
+   * stored as decimal ASCII, so Get reads them as text (e.g. "42"). An
+   * increment past 2^64-1 wraps around, as memcached's does; a negative
+   * delta decrements, stopping at 0. A decrement leaves the stored text
+   * padded with spaces to its previous length (memcached rewrites the
+   * number in place: "10" decremented by 5 reads "5 "); Increment itself
+   * reads such values fine. Errors: NOT_FOUND when the key is missing and
+   * no `initial_value` is given; FAILED_PRECONDITION when the stored value
+   * is not a decimal number.
+   */
+  increment: {
+    path: "/memgate.v1.Cache/Increment" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: IncrementRequest): Buffer => Buffer.from(IncrementRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): IncrementRequest => IncrementRequest.decode(value),
+    responseSerialize: (value: IncrementResponse): Buffer => Buffer.from(IncrementResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): IncrementResponse => IncrementResponse.decode(value),
+  },
+  /**
+   * Touch sets a new TTL on an existing item without reading or changing
+   * its value; `found` says whether the key existed.
+   */
+  touch: {
+    path: "/memgate.v1.Cache/Touch" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: TouchRequest): Buffer => Buffer.from(TouchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): TouchRequest => TouchRequest.decode(value),
+    responseSerialize: (value: TouchResponse): Buffer => Buffer.from(TouchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): TouchResponse => TouchResponse.decode(value),
+  },
 } as const;
 
 export interface CacheServer extends UntypedServiceImplementation {
@@ -2857,6 +3213,24 @@ export interface CacheServer extends UntypedServiceImplementation {
    * store answers "embedded".
    */
   locate: handleUnaryCall<LocateRequest, LocateResponse>;
+  /**
+   * Increment adds `delta` to the counter at `key` atomically and returns
+   * the new value (memcached's `ma`). Counters are unsigned 64-bit numbers
+   * stored as decimal ASCII, so Get reads them as text (e.g. "42"). An
+   * increment past 2^64-1 wraps around, as memcached's does; a negative
+   * delta decrements, stopping at 0. A decrement leaves the stored text
+   * padded with spaces to its previous length (memcached rewrites the
+   * number in place: "10" decremented by 5 reads "5 "); Increment itself
+   * reads such values fine. Errors: NOT_FOUND when the key is missing and
+   * no `initial_value` is given; FAILED_PRECONDITION when the stored value
+   * is not a decimal number.
+   */
+  increment: handleUnaryCall<IncrementRequest, IncrementResponse>;
+  /**
+   * Touch sets a new TTL on an existing item without reading or changing
+   * its value; `found` says whether the key existed.
+   */
+  touch: handleUnaryCall<TouchRequest, TouchResponse>;
 }
 
 export interface CacheClient extends Client {
@@ -3078,6 +3452,52 @@ export interface CacheClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: LocateResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Increment adds `delta` to the counter at `key` atomically and returns
+   * the new value (memcached's `ma`). Counters are unsigned 64-bit numbers
+   * stored as decimal ASCII, so Get reads them as text (e.g. "42"). An
+   * increment past 2^64-1 wraps around, as memcached's does; a negative
+   * delta decrements, stopping at 0. A decrement leaves the stored text
+   * padded with spaces to its previous length (memcached rewrites the
+   * number in place: "10" decremented by 5 reads "5 "); Increment itself
+   * reads such values fine. Errors: NOT_FOUND when the key is missing and
+   * no `initial_value` is given; FAILED_PRECONDITION when the stored value
+   * is not a decimal number.
+   */
+  increment(
+    request: IncrementRequest,
+    callback: (error: ServiceError | null, response: IncrementResponse) => void,
+  ): ClientUnaryCall;
+  increment(
+    request: IncrementRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: IncrementResponse) => void,
+  ): ClientUnaryCall;
+  increment(
+    request: IncrementRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: IncrementResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Touch sets a new TTL on an existing item without reading or changing
+   * its value; `found` says whether the key existed.
+   */
+  touch(
+    request: TouchRequest,
+    callback: (error: ServiceError | null, response: TouchResponse) => void,
+  ): ClientUnaryCall;
+  touch(
+    request: TouchRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: TouchResponse) => void,
+  ): ClientUnaryCall;
+  touch(
+    request: TouchRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: TouchResponse) => void,
   ): ClientUnaryCall;
 }
 
