@@ -131,6 +131,7 @@ impl Reply {
         match self {
             Reply::Meta(_) => "a meta reply",
             Reply::ServerError(_) => "SERVER_ERROR",
+            Reply::NonNumeric => "CLIENT_ERROR (not a number)",
             Reply::Quiet { .. } => "quiet-mode replies",
             Reply::Text(r) => r.kind(),
         }
