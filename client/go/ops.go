@@ -40,15 +40,25 @@ func ttlSeconds(opts []SetOption) (*uint32, error) {
 	if !cfg.hasTTL {
 		return nil, nil
 	}
-	if cfg.ttl < 0 {
-		return nil, status.Errorf(codes.InvalidArgument, "memgate: negative TTL %v", cfg.ttl)
+	s, err := ttlToSeconds(cfg.ttl)
+	if err != nil {
+		return nil, err
 	}
-	secs := (cfg.ttl + time.Second - 1) / time.Second
-	if secs > math.MaxUint32 {
-		return nil, status.Errorf(codes.InvalidArgument, "memgate: TTL %v is longer than %d seconds", cfg.ttl, uint32(math.MaxUint32))
-	}
-	s := uint32(secs)
 	return &s, nil
+}
+
+// ttlToSeconds converts a TTL to the wire's whole seconds, rounded up:
+// 0 stays 0 ("never expires"), a negative TTL or one over 2^32-1 seconds is
+// codes.InvalidArgument.
+func ttlToSeconds(ttl time.Duration) (uint32, error) {
+	if ttl < 0 {
+		return 0, status.Errorf(codes.InvalidArgument, "memgate: negative TTL %v", ttl)
+	}
+	secs := (ttl + time.Second - 1) / time.Second
+	if secs > math.MaxUint32 {
+		return 0, status.Errorf(codes.InvalidArgument, "memgate: TTL %v is longer than %d seconds", ttl, uint32(math.MaxUint32))
+	}
+	return uint32(secs), nil
 }
 
 // Get reads one key. A miss is not an error: found is false and value nil.
