@@ -40,13 +40,14 @@ func (c *Client) Locate(ctx context.Context, keys ...string) ([]Location, error)
 }
 
 // Stats reports on the server this call reaches and on each of its shards:
-// memgate's version, uptime, store ("memcached" or "embedded") and
-// counters (for this replica only), and per shard its address, whether it
-// is up (with the error when not), its weight and share of the hash ring,
-// memgate's counters for it and memcached's own stats. It returns the
-// generated message (package memgatev1; cache.proto documents every
-// field): use its getters, e.g. s.GetShards()[i].GetUp(). A shard that
-// fails to answer is reported with Up false, never failing the call.
+// memgate's version, uptime, store (as its startup log names it, e.g.
+// "memcached pool of 3 shards [...]") and counters (for this replica
+// only), and per shard: its address, whether it is up (with the error
+// when not), its weight and share of the hash ring, memgate's counters for
+// it and memcached's own stats. It returns the generated message (package memgatev1; cache.proto
+// documents every field): use its getters, e.g. s.GetShards()[i].GetUp().
+// A shard that fails to answer is reported with Up false, never failing
+// the call.
 func (c *Client) Stats(ctx context.Context) (*memgatev1.StatsResponse, error) {
 	ctx, cancel := c.withDefaultTimeout(ctx)
 	defer cancel()
