@@ -921,8 +921,8 @@ type StatsResponse struct {
 	// This server's own counters since it started (the figures its Prometheus
 	// metrics export; every replica counts its own calls).
 	Counters *ServerCounters `protobuf:"bytes,4,opt,name=counters,proto3" json:"counters,omitempty"`
-	// One entry per shard, in the order of the server's --memcached list; the
-	// embedded store is one shard with address "embedded".
+	// One entry per shard of the pool now, sorted by address; the embedded
+	// store is one shard with address "embedded".
 	Shards        []*ShardStats `protobuf:"bytes,5,rep,name=shards,proto3" json:"shards,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -198,8 +198,8 @@ export interface StatsResponse {
     | ServerCounters
     | undefined;
   /**
-   * One entry per shard, in the order of the server's --memcached list; the
-   * embedded store is one shard with address "embedded".
+   * One entry per shard of the pool now, sorted by address; the embedded
+   * store is one shard with address "embedded".
    */
   shards: ShardStats[];
 }
