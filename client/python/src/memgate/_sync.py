@@ -334,8 +334,9 @@ class Client:
         ``memgate.v1.cache_pb2.StatsResponse``: ``version``,
         ``uptime_seconds``, ``store``, ``counters`` (this server's calls,
         hits, misses, ...) and ``shards`` (one ``ShardStats`` per memcached
-        server, in the order of ``--memcached``: ``address``, ``up``,
-        ``error``, ``ring_share``, ``backend`` figures, ...).
+        server: ``address``, ``up``, ``error``, ``ring_share``,
+        ``backend`` figures, ...). Do not rely on the order of ``shards``;
+        find a shard by its ``address``.
         """
         response: pb.StatsResponse = self._unary(self._cache.Stats, pb.StatsRequest(), timeout)
         return response
