@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import AsyncIterator, Awaitable, Callable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, List, TypeVar
 
 import grpc
 import pytest
@@ -292,3 +292,63 @@ def test_closed_client_raises(target: str) -> None:
         await c.close()
 
     asyncio.run(main())
+
+
+def test_increment(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        key = prefix + "counter"
+        assert await c.increment(key, 5, initial_value=10, ttl=0) == 10
+        assert await c.get(key) == b"10"
+        assert await c.increment(key, 5, initial_value=99) == 15
+        assert await c.increment(key, -20) == 0  # stops at 0
+        assert await c.increment(key, 3) == 3
+
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await c.increment(prefix + "missing", 1)
+        assert excinfo.value.code == grpc.StatusCode.NOT_FOUND
+        assert excinfo.value.reason == "KEY_NOT_FOUND"
+        assert await c.get(prefix + "missing") is None
+
+        await c.set(prefix + "text", "abc")
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await c.increment(prefix + "text", 1)
+        assert excinfo.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert excinfo.value.reason == "NOT_A_NUMBER"
+
+        with pytest.raises(TypeError):
+            await c.increment(key, 1.5)  # type: ignore[arg-type]
+
+    run(target, test)
+
+
+def test_touch(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        key = prefix + "touched"
+        assert await c.touch(key, 60) is False
+        assert await c.get(key) is None
+        await c.set(key, b"v", ttl=0)
+        assert await c.touch(key, 3600) is True
+        assert await c.get(key) == b"v"
+        assert await c.touch(key, 1) is True
+
+        async def gone() -> bool:
+            return await c.get(key) is None
+
+        await eventually(gone, "the touched item to expire")
+
+    run(target, test)
+
+
+def test_locate_and_stats(target: str, prefix: str, memcached: List[str]) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        keys = [f"{prefix}{i}" for i in range(20)]
+        locations = await c.locate(keys)
+        assert list(locations) == keys
+        assert all(loc.shard in memcached and loc.up is True for loc in locations.values())
+        assert len({loc.shard for loc in locations.values()}) > 1
+
+        stats = await c.stats()
+        assert sorted(shard.address for shard in stats.shards) == sorted(memcached)
+        assert all(shard.up is True for shard in stats.shards), [s.error for s in stats.shards]
+
+    run(target, test)

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 import grpc
 import pytest
@@ -565,3 +565,111 @@ def test_channel_allows_64_mib_messages(target: str) -> None:
         assert excinfo.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         client.close()
+
+
+# -- counters, touch, locate, stats --------------------------------------
+
+
+def test_increment_creates_increments_and_decrements(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "counter"
+    # Created from initial_value, which is returned as is (delta not applied).
+    assert client.increment(key, 5, initial_value=10, ttl=0) == 10
+    assert client.get(key) == b"10"  # stored as decimal text
+    assert client.increment(key, 5, initial_value=99) == 15  # exists: initial_value ignored
+    assert client.increment(key, 2**40) == 15 + 2**40
+    assert client.increment(key, -(2**40)) == 15
+    assert client.increment(key, -5) == 10
+
+
+def test_decrement_stops_at_zero(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "counter"
+    client.set(key, b"3")
+    assert client.increment(key, -5) == 0
+    assert client.increment(key, -1) == 0
+    assert client.increment(key, 7) == 7
+
+
+def test_increment_of_a_missing_key_is_not_found(client: memgate.Client, prefix: str) -> None:
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.increment(prefix + "missing", 1)
+    assert excinfo.value.code == grpc.StatusCode.NOT_FOUND
+    assert excinfo.value.reason == "KEY_NOT_FOUND"
+    assert client.get(prefix + "missing") is None  # nothing was created
+
+
+def test_increment_of_a_non_number_is_failed_precondition(
+    client: memgate.Client, prefix: str
+) -> None:
+    client.set(prefix + "text", b"abc")
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.increment(prefix + "text", 1)
+    assert excinfo.value.code == grpc.StatusCode.FAILED_PRECONDITION
+    assert excinfo.value.reason == "NOT_A_NUMBER"
+    assert client.get(prefix + "text") == b"abc"
+
+
+@pytest.mark.parametrize(
+    ("delta", "options", "error"),
+    [
+        (1.5, {}, TypeError),
+        (True, {}, TypeError),
+        (2**63, {}, ValueError),
+        (1, {"initial_value": -1}, ValueError),
+        (1, {"initial_value": 2**64}, ValueError),
+        (1, {"ttl": -1}, ValueError),
+    ],
+)
+def test_increment_arguments_are_checked_before_sending(
+    client: memgate.Client, prefix: str, delta: object, options: Dict[str, int], error: type
+) -> None:
+    with pytest.raises(error):
+        client.increment(prefix + "c", delta, **options)  # type: ignore[arg-type]
+
+
+def test_touch_sets_a_new_ttl_on_an_existing_key(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "touched"
+    client.set(key, b"v", ttl=0)
+    assert client.touch(key, 3600) is True
+    assert client.get(key) == b"v"  # the value is unchanged
+    assert client.touch(key, 1) is True
+    wait_for(lambda: client.get(key) is None, "the touched item to expire", timeout=5.0)
+
+
+def test_touch_of_a_missing_key_is_false(client: memgate.Client, prefix: str) -> None:
+    assert client.touch(prefix + "missing", 60) is False
+    assert client.get(prefix + "missing") is None
+    with pytest.raises(ValueError):
+        client.touch(prefix + "missing", -1)
+
+
+def test_locate_names_an_up_shard_of_the_pool(
+    client: memgate.Client, prefix: str, memcached: List[str]
+) -> None:
+    keys = [f"{prefix}{i}" for i in range(20)]
+    locations = client.locate(keys)
+    assert list(locations) == keys
+    for location in locations.values():
+        assert isinstance(location, memgate.Location)
+        assert location.shard in memcached
+        assert location.up is True
+    # 20 keys over 3 shards land on more than one of them.
+    assert len({location.shard for location in locations.values()}) > 1
+
+
+def test_locate_invalid_key_is_invalid_argument(client: memgate.Client) -> None:
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.locate(["ok", "bad key"])
+    assert excinfo.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert excinfo.value.reason == "KEY_INVALID"
+
+
+def test_stats_lists_every_shard_as_up(client: memgate.Client, memcached: List[str]) -> None:
+    stats = client.stats()
+    assert stats.version
+    # Every shard once (the order is not checked: this server sorts them).
+    assert sorted(shard.address for shard in stats.shards) == sorted(memcached)
+    for shard in stats.shards:
+        assert shard.up is True, shard.error
+        assert shard.HasField("backend")
+    assert sum(shard.ring_share for shard in stats.shards) == pytest.approx(1.0)
+    assert any(m.method == "Stats" for m in stats.counters.methods)

@@ -5,7 +5,7 @@ behave identically; they differ only in how they call the stub."""
 from __future__ import annotations
 
 import enum
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -29,6 +29,9 @@ is never the smaller side for a server configured up to that; the server's
 limit is the one that applies (``RESOURCE_EXHAUSTED`` past it)."""
 
 _MAX_TTL = 2**32 - 1  # ttl_seconds is a uint32
+_MIN_I64 = -(2**63)  # IncrementRequest.delta is an int64
+_MAX_I64 = 2**63 - 1
+_MAX_U64 = 2**64 - 1  # IncrementRequest.initial_value is a uint64
 
 
 class _Default(enum.Enum):
@@ -138,14 +141,62 @@ def set_request(key: str, value: Value, ttl: Optional[int]) -> pb.SetRequest:
     reads as "use --default-ttl"; ``0`` is sent and means "never expires"."""
     request = pb.SetRequest(key=key, value=encode_value(value))
     if ttl is not None:
-        if isinstance(ttl, bool) or not isinstance(ttl, int):
-            raise TypeError(
-                f"ttl must be an int number of seconds or None, not {type(ttl).__name__}"
-            )
-        if not 0 <= ttl <= _MAX_TTL:
-            raise ValueError(f"ttl must be between 0 and {_MAX_TTL} seconds, not {ttl}")
-        request.ttl_seconds = ttl
+        request.ttl_seconds = _checked_ttl(ttl)
     return request
+
+
+def _checked_ttl(ttl: int) -> int:
+    """``ttl``, checked to be an int that fits ttl_seconds (a uint32)."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int):
+        raise TypeError(f"ttl must be an int number of seconds or None, not {type(ttl).__name__}")
+    if not 0 <= ttl <= _MAX_TTL:
+        raise ValueError(f"ttl must be between 0 and {_MAX_TTL} seconds, not {ttl}")
+    return ttl
+
+
+def _checked_int(name: str, number: int, low: int, high: int) -> int:
+    """``number``, checked to be an int (not a bool) within ``low..high``, so
+    protobuf never sees a float or an out-of-range number."""
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise TypeError(f"{name} must be an int, not {type(number).__name__}")
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, not {number}")
+    return number
+
+
+def increment_request(
+    key: str, delta: int, initial_value: Optional[int], ttl: Optional[int]
+) -> pb.IncrementRequest:
+    """An IncrementRequest. ``initial_value=None`` leaves it unset (a missing
+    key is then NOT_FOUND); ``ttl=None`` leaves ttl_seconds unset
+    (``--default-ttl`` for a created counter)."""
+    request = pb.IncrementRequest(key=key, delta=_checked_int("delta", delta, _MIN_I64, _MAX_I64))
+    if initial_value is not None:
+        request.initial_value = _checked_int("initial_value", initial_value, 0, _MAX_U64)
+    if ttl is not None:
+        request.ttl_seconds = _checked_ttl(ttl)
+    return request
+
+
+def touch_request(key: str, ttl: int) -> pb.TouchRequest:
+    """A TouchRequest; ``ttl`` is required (0: never expires)."""
+    return pb.TouchRequest(key=key, ttl_seconds=_checked_ttl(ttl))
+
+
+class Location(NamedTuple):
+    """Where one key lives now, from :meth:`memgate.Client.locate`."""
+
+    shard: str
+    """The memcached server that holds the key (``host:port`` as the server
+    was configured), ``"embedded"`` for the embedded store, or ``""`` while
+    the pool has no servers."""
+    up: bool
+    """Whether that server answers and is not marked down."""
+
+
+def locations_of(locations: Iterable[pb.KeyLocation]) -> Dict[str, Location]:
+    """``{key: Location}`` of a LocateResponse (a repeated key appears once)."""
+    return {loc.key: Location(loc.shard, loc.up) for loc in locations}
 
 
 def set_item_request(item: SetItem) -> pb.SetRequest:

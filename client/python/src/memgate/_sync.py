@@ -28,6 +28,7 @@ from memgate._common import (
     DEFAULT,
     DEFAULT_MAX_MESSAGE_BYTES,
     ChannelOptions,
+    Location,
     Pem,
     SetItem,
     Timeout,
@@ -207,6 +208,37 @@ class Client:
         )
         return list(response.keys)
 
+    def increment(
+        self,
+        key: str,
+        delta: int,
+        *,
+        initial_value: Optional[int] = None,
+        ttl: Optional[int] = None,
+        timeout: Timeout = DEFAULT,
+    ) -> int:
+        """Adds ``delta`` to the counter at ``key`` atomically; returns the new value.
+
+        Counters are unsigned 64-bit numbers stored as decimal text (``get``
+        reads ``b"42"``). A negative ``delta`` decrements, stopping at 0; an
+        increment past 2**64-1 wraps around, as memcached's does. A missing
+        key raises MemgateError(NOT_FOUND, reason ``KEY_NOT_FOUND``) unless
+        ``initial_value`` is given: then the counter is created holding it
+        (``delta`` is not applied) with ``ttl`` (``None``: the server's
+        ``--default-ttl``; an existing counter keeps its TTL). A value that
+        is not a decimal number raises MemgateError(FAILED_PRECONDITION,
+        reason ``NOT_A_NUMBER``).
+        """
+        request = common.increment_request(key, delta, initial_value, ttl)
+        response = self._unary(self._cache.Increment, request, timeout)
+        return int(response.value)
+
+    def touch(self, key: str, ttl: int, *, timeout: Timeout = DEFAULT) -> bool:
+        """Sets a new ``ttl`` (seconds from now; ``0`` never expires) on
+        ``key`` without reading or changing its value; True if it existed."""
+        response = self._unary(self._cache.Touch, common.touch_request(key, ttl), timeout)
+        return bool(response.found)
+
     # -- batches -----------------------------------------------------------
 
     def get_many(self, keys: Iterable[str], *, timeout: Timeout = DEFAULT) -> Dict[str, bytes]:
@@ -283,6 +315,31 @@ class Client:
         requests = _Requests(keys, common.delete_request)
         response = self._client_stream(self._cache.BatchDeleteStream, requests, timeout)
         return common.deleted_count(response)
+
+    # -- introspection -----------------------------------------------------
+
+    def locate(self, keys: Iterable[str], *, timeout: Timeout = DEFAULT) -> Dict[str, Location]:
+        """``{key: Location(shard, up)}``: the memcached server that holds each
+        key now and whether it is up. Nothing is read or written.
+
+        The keys follow the batch rules (valid keys, at most
+        ``--max-batch-keys``); the embedded store's shard is ``"embedded"``.
+        """
+        request = pb.LocateRequest(keys=list(keys))
+        response = self._unary(self._cache.Locate, request, timeout)
+        return common.locations_of(response.locations)
+
+    def stats(self, *, timeout: Timeout = DEFAULT) -> pb.StatsResponse:
+        """The server's statistics and each shard's, as the generated
+        ``memgate.v1.cache_pb2.StatsResponse``: ``version``,
+        ``uptime_seconds``, ``store``, ``counters`` (this server's calls,
+        hits, misses, ...) and ``shards`` (one ``ShardStats`` per memcached
+        server: ``address``, ``up``, ``error``, ``ring_share``,
+        ``backend`` figures, ...). Do not rely on the order of ``shards``;
+        find a shard by its ``address``.
+        """
+        response: pb.StatsResponse = self._unary(self._cache.Stats, pb.StatsRequest(), timeout)
+        return response
 
     # -- health ------------------------------------------------------------
 

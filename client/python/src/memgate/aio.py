@@ -34,6 +34,7 @@ from memgate._common import (
     DEFAULT,
     DEFAULT_MAX_MESSAGE_BYTES,
     ChannelOptions,
+    Location,
     Pem,
     SetItem,
     Timeout,
@@ -208,6 +209,30 @@ class Client:
         response = await self._unary(self._cache.List, request, timeout)
         return list(response.keys)
 
+    async def increment(
+        self,
+        key: str,
+        delta: int,
+        *,
+        initial_value: Optional[int] = None,
+        ttl: Optional[int] = None,
+        timeout: Timeout = DEFAULT,
+    ) -> int:
+        """Adds ``delta`` to the counter at ``key`` atomically; returns the new value.
+
+        A missing key is NOT_FOUND (``KEY_NOT_FOUND``) unless
+        ``initial_value`` creates it; a non-numeric value is
+        FAILED_PRECONDITION (``NOT_A_NUMBER``). See :meth:`memgate.Client.increment`.
+        """
+        request = common.increment_request(key, delta, initial_value, ttl)
+        response = await self._unary(self._cache.Increment, request, timeout)
+        return int(response.value)
+
+    async def touch(self, key: str, ttl: int, *, timeout: Timeout = DEFAULT) -> bool:
+        """Sets a new ``ttl`` on ``key`` without changing its value; True if it existed."""
+        response = await self._unary(self._cache.Touch, common.touch_request(key, ttl), timeout)
+        return bool(response.found)
+
     # -- batches -----------------------------------------------------------
 
     async def get_many(
@@ -276,6 +301,26 @@ class Client:
         requests = _Requests(keys, common.delete_request)
         response = await self._client_stream(self._cache.BatchDeleteStream, requests, timeout)
         return common.deleted_count(response)
+
+    # -- introspection -----------------------------------------------------
+
+    async def locate(
+        self, keys: Iterable[str], *, timeout: Timeout = DEFAULT
+    ) -> Dict[str, Location]:
+        """``{key: Location(shard, up)}``: where each key lives now.
+
+        See :meth:`memgate.Client.locate`.
+        """
+        request = pb.LocateRequest(keys=list(keys))
+        response = await self._unary(self._cache.Locate, request, timeout)
+        return common.locations_of(response.locations)
+
+    async def stats(self, *, timeout: Timeout = DEFAULT) -> pb.StatsResponse:
+        """The server's and each shard's statistics; see :meth:`memgate.Client.stats`."""
+        response: pb.StatsResponse = await self._unary(
+            self._cache.Stats, pb.StatsRequest(), timeout
+        )
+        return response
 
     # -- health ------------------------------------------------------------
 
