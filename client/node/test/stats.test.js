@@ -43,8 +43,8 @@ describe("stats", () => {
   test("lists every shard of MEMGATE_MEMCACHED, each once, as up", async () => {
     const addrs = memcachedAddrs().split(",");
     const s = await c.stats();
-    // Compared as sets: the proto promises --memcached order, but this
-    // server lists the shards sorted by address.
+    // Compared as sets: the server lists the shards sorted by address, not
+    // in --memcached order.
     assert.deepEqual(
       s.shards.map((sh) => sh.address).sort(),
       [...addrs].sort(),
