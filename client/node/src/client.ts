@@ -15,8 +15,11 @@ import {
   type DeleteRequest,
   type GetRequest,
   type GetResult,
+  type IncrementRequest,
   type KeyError as PbKeyError,
+  type KeyLocation,
   type SetRequest,
+  type StatsResponse,
 } from "./gen/memgate/v1/cache";
 import { invalidArgument, type KeyError, keyErrorCode, MemgateError, Status } from "./errors";
 
@@ -77,6 +80,32 @@ export interface SetOptions extends CallOptions {
    */
   ttlSeconds?: number;
 }
+
+/** Options of {@link MemgateClient.increment}. */
+export interface IncrementOptions extends CallOptions {
+  /**
+   * When the key is missing: create it holding this value (returned as is;
+   * `delta` is not applied). Absent: a missing key rejects with NOT_FOUND
+   * (reason `KEY_NOT_FOUND`). An integer from 0 to 2^53-1.
+   */
+  initialValue?: number;
+  /**
+   * TTL of a counter created from `initialValue`, a uint32 (absent: the
+   * server's --default-ttl; 0: never expires). An existing counter keeps
+   * its TTL.
+   */
+  ttlSeconds?: number;
+}
+
+/**
+ * What {@link MemgateClient.stats} resolves to: the server's version, uptime,
+ * store and counters, and one entry per shard (the generated
+ * `StatsResponse`; 64-bit counters are numbers).
+ */
+export type Stats = StatsResponse;
+
+/** Where one key lives: `{ key, shard, up }` (see {@link MemgateClient.locate}). */
+export type { KeyLocation };
 
 /** One item to store. */
 export interface SetItem {
@@ -334,6 +363,73 @@ export class MemgateClient {
       (key) => ({ key: checkKey(key) }),
       options,
     );
+  }
+
+  /**
+   * Stats: this server's version, uptime, store and counters, and per shard
+   * its address, whether it is up (with `error`
+   * when not), its share of the keys, memcached's own `stats` figures
+   * (`backend`, absent when the shard did not answer) and memgate's
+   * counters for it. A shard that is down is reported, not an error. The
+   * server asks every shard: an operator's call, not one for each request.
+   */
+  async stats(options?: CallOptions): Promise<Stats> {
+    return this.unary(this.cache, this.cache.stats, {}, options);
+  }
+
+  /**
+   * Locate: which memcached server (`shard`, host:port as configured, or
+   * "embedded") holds each key now and whether it is `up`, one result per
+   * key, in order. Nothing is read or written. Keys follow the batch rules
+   * (valid, at most --max-batch-keys).
+   */
+  async locate(keys: Iterable<string>, options?: CallOptions): Promise<KeyLocation[]> {
+    const list = collectKeys(keys);
+    if (list.length === 0) return [];
+    const res = await this.unary(this.cache, this.cache.locate, { keys: list }, options);
+    return res.locations;
+  }
+
+  /**
+   * Increment: adds `delta` (an integer; negative decrements, stopping at
+   * 0) to the counter at `key` atomically and resolves to its new value.
+   * Counters are unsigned 64-bit decimal text on the server (Get reads them
+   * as e.g. "42"); like every 64-bit number in this client they are
+   * JavaScript numbers, so `delta` and the values must be safe integers
+   * (|n| <= 2^53-1) and a counter past 2^53-1 makes the call reject.
+   *
+   * A missing key rejects with NOT_FOUND (reason `KEY_NOT_FOUND`) unless
+   * `options.initialValue` is given, which creates it holding that value
+   * (with `options.ttlSeconds`); a value that is not a decimal number
+   * rejects with FAILED_PRECONDITION (reason `NOT_A_NUMBER`).
+   */
+  async increment(key: string, delta: number, options: IncrementOptions = {}): Promise<number> {
+    const k = checkKey(key);
+    if (!Number.isSafeInteger(delta)) {
+      throw invalidArgument(`delta for key ${JSON.stringify(k)} must be a safe integer, not ${String(delta)}`);
+    }
+    const initial = options.initialValue;
+    if (initial !== undefined && !(Number.isSafeInteger(initial) && initial >= 0)) {
+      throw invalidArgument(
+        `initialValue for key ${JSON.stringify(k)} must be an integer from 0 to ${Number.MAX_SAFE_INTEGER}, not ${String(initial)}`,
+      );
+    }
+    const req: IncrementRequest = { key: k, delta, initialValue: initial, ttlSeconds: checkTtl(options.ttlSeconds, k) };
+    const res = await this.unary(this.cache, this.cache.increment, req, options);
+    return res.value;
+  }
+
+  /**
+   * Touch: sets a new TTL (seconds from now, a uint32; 0: never expires) on
+   * an existing item without reading or changing its value. Resolves to
+   * whether the key existed.
+   */
+  async touch(key: string, ttlSeconds: number, options?: CallOptions): Promise<boolean> {
+    const k = checkKey(key);
+    if (ttlSeconds === undefined) throw invalidArgument(`ttlSeconds for key ${JSON.stringify(k)} is required`);
+    const ttl = checkTtl(ttlSeconds, k) as number;
+    const res = await this.unary(this.cache, this.cache.touch, { key: k, ttlSeconds: ttl }, options);
+    return res.found;
   }
 
   /**

@@ -17,11 +17,14 @@ export {
   type CallOptions,
   type DeleteStreamResult,
   type GetStreamResult,
+  type IncrementOptions,
+  type KeyLocation,
   type MemgateClientOptions,
   type SetEntries,
   type SetItem,
   type SetOptions,
   type SetStreamResult,
+  type Stats,
   type Value,
 } from "./client";
 export {
