@@ -353,10 +353,7 @@ impl ShardedStore {
     /// chunk, or one by one on text-protocol servers.
     async fn write_many(&self, pool: &Pool, op: WriteGroup) -> Vec<Result<bool, Error>> {
         let n = op.len();
-        let Some(first) = (n > 0).then(|| pool.now.route(op.key(0).as_str(), self.on_down)) else {
-            return Vec::new();
-        };
-        if first.is_none() {
+        if pool.now.shards.is_empty() {
             return vec![Err(pool::no_servers()); n];
         }
         let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
@@ -787,12 +784,6 @@ impl Store for ShardedStore {
         self.metrics
             .deduplicated_reads
             .inc_by((keys.len() - distinct.len()) as u64);
-        let mut shard_of_slot = vec![0; distinct.len()];
-        for (&shard_index, group) in &groups {
-            for &slot in group {
-                shard_of_slot[slot] = shard_index;
-            }
-        }
         let mut requests = Vec::new();
         for (shard_index, group) in groups {
             let shard = &pool.now.shards[shard_index];
@@ -828,8 +819,9 @@ impl Store for ShardedStore {
                 .filter(|&slot| matches!(found[slot], Ok(None)))
                 .collect();
             let fallbacks = missed.iter().map(|&slot| {
-                let owner = &pool.now.shards[shard_of_slot[slot]];
                 let key = distinct[slot];
+                let owner = pool.now.route(key.as_str(), self.on_down);
+                let owner = &pool.now.shards[owner.expect("the pool has servers")];
                 rebalance::fall_back(&pool, owner, key, budget, &self.fallbacks, &self.metrics)
             });
             for (slot, value) in missed.iter().zip(join_all(fallbacks).await) {
@@ -861,8 +853,10 @@ impl Store for ShardedStore {
             self.flights.forget(key);
         }
         let pool = self.members.load();
-        let all: Vec<&Key> = keys.iter().collect();
-        rebalance::forget_old_copies(&pool, &all, &self.metrics).await;
+        if pool.previous().is_some() {
+            let all: Vec<&Key> = keys.iter().collect();
+            rebalance::forget_old_copies(&pool, &all, &self.metrics).await;
+        }
         self.write_many(&pool, WriteGroup::Delete(keys.to_vec()))
             .await
     }
