@@ -55,33 +55,16 @@ pub(crate) async fn run(bin: &Path, shards: usize, keys: usize) {
                 .map(|k| Item::new(k.clone(), Bytes::from(vec![b'v'; 100])));
             client.set_many(items).await.unwrap();
         }
-        let copies_before = copies(&metrics);
-        write_members(&members, &addrs);
-        wait_for_servers(&client, shards + 1).await;
-        let (first, second) = (hits(&client, &names).await, hits(&client, &names).await);
-        let copied = copies(&metrics) - copies_before;
-        row(
-            &format!("{shards} → {} servers", shards + 1),
-            window,
-            keys,
-            first,
-            second,
-            copied,
-        );
-
-        let copies_before = copies(&metrics);
-        write_members(&members, &addrs[1..]);
-        wait_for_servers(&client, shards).await;
-        let (first, second) = (hits(&client, &names).await, hits(&client, &names).await);
-        let copied = copies(&metrics) - copies_before;
-        row(
-            &format!("{} → {shards} servers", shards + 1),
-            window,
-            keys,
-            first,
-            second,
-            copied,
-        );
+        let grown = format!("{shards} → {} servers", shards + 1);
+        let shrunk = format!("{} → {shards} servers", shards + 1);
+        for (change, servers) in [(grown, &addrs[..]), (shrunk, &addrs[1..])] {
+            let copies_before = copies(&metrics);
+            write_members(&members, servers);
+            wait_for_servers(&client, servers.len()).await;
+            let (first, second) = (hits(&client, &names).await, hits(&client, &names).await);
+            let copied = copies(&metrics) - copies_before;
+            row(&change, window, keys, first, second, copied);
+        }
     }
 }
 
