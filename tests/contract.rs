@@ -89,6 +89,7 @@ async fn check_miss(mg: &Memgate) {
         .clone()
         .get(pb::GetRequest {
             key: unique("never-written"),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -162,17 +163,27 @@ async fn check_invalid_keys(mg: &Memgate) {
                 key: key.clone(),
                 value: b"x".to_vec().into(),
                 ttl_seconds: None,
+                ..Default::default()
             })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{key:?}");
         assert!(err.message().contains(rule), "{key:?}: {}", err.message());
         let err = raw
-            .get(pb::GetRequest { key: key.clone() })
+            .get(pb::GetRequest {
+                key: key.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        let err = raw.delete(pb::DeleteRequest { key }).await.unwrap_err();
+        let err = raw
+            .delete(pb::DeleteRequest {
+                key,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
     }
     // Nothing was injected: the victim is intact.
@@ -212,6 +223,7 @@ async fn check_batches(mg: &Memgate) {
             key: k.clone(),
             value: format!("value of {k}").into_bytes().into(),
             ttl_seconds: None,
+            ..Default::default()
         })
         .collect();
     let set = raw
@@ -267,11 +279,13 @@ async fn check_batches(mg: &Memgate) {
                     key: fresh.clone(),
                     value: b"x".to_vec().into(),
                     ttl_seconds: None,
+                    ..Default::default()
                 },
                 pb::SetRequest {
                     key: "bad key".into(),
                     value: b"x".to_vec().into(),
                     ttl_seconds: None,
+                    ..Default::default()
                 },
             ],
         })
@@ -363,11 +377,13 @@ async fn check_streams(mg: &Memgate) {
             key: format!("{prefix}:{i}"),
             value: i.to_string().into_bytes().into(),
             ttl_seconds: None,
+            ..Default::default()
         })
         .chain(std::iter::once(pb::SetRequest {
             key: "bad key".into(),
             value: vec![].into(),
             ttl_seconds: None,
+            ..Default::default()
         }))
         .collect();
     let set = raw
@@ -383,12 +399,14 @@ async fn check_streams(mg: &Memgate) {
     let mut asks: Vec<pb::GetRequest> = (0..n)
         .map(|i| pb::GetRequest {
             key: format!("{prefix}:{i}"),
+            ..Default::default()
         })
         .collect();
     asks.insert(
         500,
         pb::GetRequest {
             key: "bad key".into(),
+            ..Default::default()
         },
     );
     let results: Vec<pb::GetResult> = raw
@@ -414,6 +432,7 @@ async fn check_streams(mg: &Memgate) {
     let dels: Vec<_> = (0..n)
         .map(|i| pb::DeleteRequest {
             key: format!("{prefix}:{i}"),
+            ..Default::default()
         })
         .collect();
     let del = raw

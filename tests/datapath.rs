@@ -138,7 +138,13 @@ async fn bytes_after_a_complete_reply_never_become_a_value() {
     let mut good = 0;
     for _ in 0..20 {
         let mut raw = mg.raw.clone();
-        match raw.get(pb::GetRequest { key: "k".into() }).await {
+        match raw
+            .get(pb::GetRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await
+        {
             Ok(resp) => {
                 let resp = resp.into_inner();
                 assert_eq!(&resp.value[..], b"good", "a value that was never written");
@@ -172,7 +178,14 @@ async fn a_reply_with_another_requests_token_is_refused() {
     let fake = Fake::start(Fault::WrongToken).await;
     let mg = Memgate::start_unready(config_for_addrs(std::slice::from_ref(&fake.addr))).await;
     for i in 0..5 {
-        let got = mg.raw.clone().get(pb::GetRequest { key: "k".into() }).await;
+        let got = mg
+            .raw
+            .clone()
+            .get(pb::GetRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await;
         let status = got.expect_err("a reply for another request was accepted");
         assert!(
             matches!(status.code(), Code::Internal | Code::Unavailable),
@@ -197,7 +210,14 @@ async fn a_trickling_backend_is_bounded_by_the_timeout() {
     ))
     .await;
     let started = Instant::now();
-    let got = mg.raw.clone().get(pb::GetRequest { key: "k".into() }).await;
+    let got = mg
+        .raw
+        .clone()
+        .get(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await;
     let took = started.elapsed();
     let status = got.expect_err("a 30-byte reply at 40 ms a byte cannot beat 300 ms");
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
@@ -253,6 +273,7 @@ async fn dropped_syns_cost_each_call_at_most_the_connect_timeout() {
                 let got = raw
                     .get(pb::GetRequest {
                         key: format!("k{i}"),
+                        ..Default::default()
                     })
                     .await;
                 (got.map(|_| ()), started.elapsed())
@@ -289,7 +310,13 @@ async fn a_read_queued_behind_a_stuck_one_is_retried_on_a_fresh_connection() {
     }
     let mg = Memgate::start(config).await;
     let mut raw = mg.raw.clone();
-    let slow = tokio::spawn(async move { raw.get(pb::GetRequest { key: "slow".into() }).await });
+    let slow = tokio::spawn(async move {
+        raw.get(pb::GetRequest {
+            key: "slow".into(),
+            ..Default::default()
+        })
+        .await
+    });
     fake.stalled.notified().await;
     // A read arriving 200 ms later lands behind it on the same connection.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -297,7 +324,10 @@ async fn a_read_queued_behind_a_stuck_one_is_retried_on_a_fresh_connection() {
     let fast = mg
         .raw
         .clone()
-        .get(pb::GetRequest { key: "fast".into() })
+        .get(pb::GetRequest {
+            key: "fast".into(),
+            ..Default::default()
+        })
         .await;
     let took = started.elapsed();
     let status = slow.await.unwrap().expect_err("nothing answers `slow`");

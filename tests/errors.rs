@@ -50,7 +50,10 @@ async fn an_invalid_key_names_its_field_and_rule() {
     let mut raw = mg.raw.clone();
 
     let err = raw
-        .get(pb::GetRequest { key: "a b".into() })
+        .get(pb::GetRequest {
+            key: "a b".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     let d = details(&err, Code::InvalidArgument, "KEY_INVALID");
@@ -88,6 +91,7 @@ async fn a_value_too_large_names_the_item_and_the_limit() {
         key: key.into(),
         value: vec![7u8; len].into(),
         ttl_seconds: None,
+        ..Default::default()
     };
     let err = mg
         .raw
@@ -156,7 +160,10 @@ async fn an_unreachable_shard_is_named_with_a_retry_delay() {
     let err = mg
         .raw
         .clone()
-        .get(pb::GetRequest { key: "k".into() })
+        .get(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     let d = details(&err, Code::Unavailable, "SHARD_UNAVAILABLE");
@@ -178,12 +185,18 @@ async fn a_down_shard_says_when_it_is_tried_again() {
     let mut raw = mg.raw.clone();
     // The first call (or the health probe) fails and marks it down; every
     // call after that fails fast with SHARD_DOWN.
-    let _ = raw.get(pb::GetRequest { key: "k".into() }).await;
+    let _ = raw
+        .get(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await;
     let err = raw
         .set(pb::SetRequest {
             key: "k".into(),
             value: "v".into(),
             ttl_seconds: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();

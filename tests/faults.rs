@@ -43,7 +43,13 @@ async fn a_black_hole_backend_costs_only_its_own_keys() {
             let key = key_on(&addrs, 1, &format!("hole{i}"));
             tokio::spawn(async move {
                 let started = Instant::now();
-                let err = raw.get(pb::GetRequest { key }).await.unwrap_err();
+                let err = raw
+                    .get(pb::GetRequest {
+                        key,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap_err();
                 (err.code(), started.elapsed())
             })
         })
@@ -162,6 +168,7 @@ async fn load_beyond_the_limit_is_shed_at_once() {
             let r = raw
                 .get(pb::GetRequest {
                     key: format!("busy{i}"),
+                    ..Default::default()
                 })
                 .await;
             let _ = done.send((r.err().map(|e| e.code()), started.elapsed()));
@@ -187,6 +194,7 @@ async fn load_beyond_the_limit_is_shed_at_once() {
         .clone()
         .get(pb::GetRequest {
             key: "extra".into(),
+            ..Default::default()
         })
         .await
     {
@@ -226,6 +234,7 @@ async fn the_callers_deadline_wins() {
     let mut raw = mg.raw.clone();
     let mut req = tonic::Request::new(pb::GetRequest {
         key: unique("deadline"),
+        ..Default::default()
     });
     req.set_timeout(Duration::from_millis(250));
     let started = Instant::now();
@@ -291,6 +300,7 @@ async fn shutdown_ends_streams_without_waiting_for_the_grace() {
         key: key(i),
         value: b"v".to_vec().into(),
         ttl_seconds: None,
+        ..Default::default()
     };
     for i in 0..50 {
         tx.send(item(i)).await.unwrap();
@@ -369,7 +379,10 @@ async fn a_hung_shard_is_ejected_then_readmitted() {
     // Three timeouts (the default limit) mark it down...
     for _ in 0..3 {
         let err = raw
-            .get(pb::GetRequest { key: key.clone() })
+            .get(pb::GetRequest {
+                key: key.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert!(
@@ -380,7 +393,10 @@ async fn a_hung_shard_is_ejected_then_readmitted() {
     // ...after which its keys fail at once.
     let started = Instant::now();
     let err = raw
-        .get(pb::GetRequest { key: key.clone() })
+        .get(pb::GetRequest {
+            key: key.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     let took = started.elapsed();

@@ -24,6 +24,7 @@ async fn an_oversized_request_is_resource_exhausted() {
             key: format!("big{i}"),
             value: vec![0u8; 90 * 1024].into(),
             ttl_seconds: None,
+            ..Default::default()
         })
         .collect();
     let err = mg

@@ -83,6 +83,7 @@ async fn set_all(mg: &Memgate, keys: &[String]) {
                         key: k.clone(),
                         value: value_of(k).into(),
                         ttl_seconds: Some(3600),
+                        ..Default::default()
                     })
                     .collect(),
             })
@@ -121,7 +122,13 @@ impl Load {
                 while !stop.load(Ordering::Relaxed) {
                     // Reads of old keys, and a write of a new key now and then.
                     let key = old[i % old.len()].clone();
-                    match raw.get(pb::GetRequest { key: key.clone() }).await {
+                    match raw
+                        .get(pb::GetRequest {
+                            key: key.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                    {
                         Ok(r) => {
                             let r = r.into_inner();
                             if !r.found || r.value != value_of(&key) {
@@ -138,6 +145,7 @@ impl Load {
                             key: new.clone(),
                             value: value_of(&new).into(),
                             ttl_seconds: Some(3600),
+                            ..Default::default()
                         });
                         match set.await {
                             Ok(_) => written.push(new),
@@ -261,7 +269,13 @@ async fn the_pool_grows_and_shrinks_under_load_without_a_failed_call() {
     let mut on = [0usize; 4];
     for k in &written {
         on[owner(&all, k)] += 1;
-        let r = raw.get(pb::GetRequest { key: k.clone() }).await.unwrap();
+        let r = raw
+            .get(pb::GetRequest {
+                key: k.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
         assert_eq!(r.into_inner().value, value_of(k));
     }
     assert!(on.iter().all(|&n| n > 0), "new keys per server: {on:?}");
@@ -373,6 +387,7 @@ async fn srv_members_join_leave_and_are_followed_to_a_new_address() {
                 key: on_a.clone(),
                 value: b"after the move".to_vec().into(),
                 ttl_seconds: None,
+                ..Default::default()
             });
             set.await.is_ok()
         }

@@ -117,6 +117,7 @@ async fn a_dead_shard_fails_only_its_own_keys() {
             key: k.clone(),
             value: b"again".to_vec().into(),
             ttl_seconds: None,
+            ..Default::default()
         })
         .collect();
     let set = mg
@@ -397,6 +398,7 @@ async fn list_sees_every_key_under_lru_churn() {
             key: k.clone(),
             value: vec![b'x'; 200].into(),
             ttl_seconds: None,
+            ..Default::default()
         })
         .collect();
     for chunk in items.chunks(500) {
@@ -520,6 +522,7 @@ async fn servers_without_meta_commands_get_the_text_protocol() {
                     key: k.clone(),
                     value: v.clone().into_bytes().into(),
                     ttl_seconds: None,
+                    ..Default::default()
                 })
                 .collect(),
         })

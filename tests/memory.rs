@@ -129,7 +129,10 @@ async fn oversized_reads_and_slow_readers_stay_inside_the_byte_budgets() {
         calls.push(tokio::spawn(async move {
             let requests = tokio_stream::iter(
                 keys.iter()
-                    .map(|k| pb::GetRequest { key: k.clone() })
+                    .map(|k| pb::GetRequest {
+                        key: k.clone(),
+                        ..Default::default()
+                    })
                     .collect::<Vec<_>>(),
             );
             let mut results = raw.batch_get_stream(requests).await.unwrap().into_inner();

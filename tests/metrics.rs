@@ -114,25 +114,31 @@ async fn a_scrape_after_known_traffic_shows_every_series_moving() {
         key: key.clone(),
         value: b"v".to_vec().into(),
         ttl_seconds: None,
+        ..Default::default()
     })
     .await
     .unwrap();
     assert!(
-        raw.get(pb::GetRequest { key: key.clone() })
-            .await
-            .unwrap()
-            .into_inner()
-            .found
+        raw.get(pb::GetRequest {
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .found
     );
     let missing = format!("{key}-missing");
     raw.get(pb::GetRequest {
         key: missing.clone(),
+        ..Default::default()
     })
     .await
     .unwrap();
     let bad = raw
         .get(pb::GetRequest {
             key: "has space".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -148,9 +154,11 @@ async fn a_scrape_after_known_traffic_shows_every_series_moving() {
         .results;
     assert_eq!(results.iter().filter(|r| r.found).count(), 2);
     let streamed: Vec<pb::GetResult> = {
-        let input = futures::stream::iter(
-            [&key, &missing, &key, &missing].map(|k| pb::GetRequest { key: k.clone() }),
-        );
+        let input =
+            futures::stream::iter([&key, &missing, &key, &missing].map(|k| pb::GetRequest {
+                key: k.clone(),
+                ..Default::default()
+            }));
         let mut out = raw.batch_get_stream(input).await.unwrap().into_inner();
         let mut got = Vec::new();
         while let Some(r) = out.message().await.unwrap() {
@@ -256,6 +264,7 @@ async fn a_dead_shard_shows_as_errors_an_ejection_and_down() {
         let r = raw
             .get(pb::GetRequest {
                 key: format!("dead-shard-{i}"),
+                ..Default::default()
             })
             .await;
         if let Err(status) = r {
@@ -302,7 +311,10 @@ async fn every_dashboard_query_names_an_exported_series() {
     // One call, so that series made on first use exist too.
     mg.raw
         .clone()
-        .get(pb::GetRequest { key: "k".into() })
+        .get(pb::GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
         .await
         .unwrap();
     let exported: std::collections::BTreeSet<String> = Scrape::take(mg.metrics_addr.unwrap())

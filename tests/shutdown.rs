@@ -82,7 +82,12 @@ async fn an_open_get_stream_ends_unavailable_and_memgate_exits_promptly() {
         .await
         .unwrap()
         .into_inner();
-    tx.send(pb::GetRequest { key: key.clone() }).await.unwrap();
+    tx.send(pb::GetRequest {
+        key: key.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let first = results.message().await.unwrap().unwrap();
     assert!(first.found && first.key == key, "{first:?}");
 
@@ -133,6 +138,7 @@ async fn a_slow_reader_gets_the_results_so_far_then_unavailable() {
                 key: k.clone(),
                 value: vec![b'v'; 4096].into(),
                 ttl_seconds: None,
+                ..Default::default()
             })
             .collect();
         let resp = mg
@@ -150,7 +156,14 @@ async fn a_slow_reader_gets_the_results_so_far_then_unavailable() {
         let keys = keys.clone();
         tokio::spawn(async move {
             for key in keys {
-                if tx.send(pb::GetRequest { key }).await.is_err() {
+                if tx
+                    .send(pb::GetRequest {
+                        key,
+                        ..Default::default()
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -241,7 +254,13 @@ async fn a_unary_call_in_flight_keeps_the_grace() {
     let mut raw = mg.raw.clone();
     let get = {
         let key = key.clone();
-        tokio::spawn(async move { raw.get(pb::GetRequest { key }).await })
+        tokio::spawn(async move {
+            raw.get(pb::GetRequest {
+                key,
+                ..Default::default()
+            })
+            .await
+        })
     };
     // Let the Get reach the stopped shard.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -305,6 +324,7 @@ async fn client_streams_stop_reading_and_say_how_far_they_got() {
                 key: key(i),
                 value: b"v".to_vec().into(),
                 ttl_seconds: None,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -322,7 +342,10 @@ async fn client_streams_stop_reading_and_say_how_far_they_got() {
     );
     for i in 0..20 {
         delete_tx
-            .send(pb::DeleteRequest { key: key(i) })
+            .send(pb::DeleteRequest {
+                key: key(i),
+                ..Default::default()
+            })
             .await
             .unwrap();
     }

@@ -190,6 +190,7 @@ impl Caller {
             (Caller::Grpc(c), Workload::Get | Workload::GetLatency) => {
                 let req = pb::GetRequest {
                     key: keys[0].clone(),
+                    ..Default::default()
                 };
                 let resp = c.get(req).await.map_err(|s| s.to_string())?.into_inner();
                 Ok(missing(usize::from(resp.found)))
@@ -216,6 +217,7 @@ impl Caller {
                         key: k.clone(),
                         value: bytes::Bytes::copy_from_slice(value),
                         ttl_seconds: Some(0),
+                        ..Default::default()
                     })
                     .collect();
                 let resp = c

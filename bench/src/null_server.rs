@@ -40,13 +40,17 @@ impl Cache for MapCache {
         Ok(Response::new(pb::GetResponse {
             found: value.is_some(),
             value: value.unwrap_or_default(),
+            ..Default::default()
         }))
     }
 
     async fn set(&self, req: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let item = req.into_inner();
         self.items.write().unwrap().insert(item.key, item.value);
-        Ok(Response::new(pb::SetResponse {}))
+        Ok(Response::new(pb::SetResponse {
+            stored: true,
+            cas: 0,
+        }))
     }
 
     async fn delete(

@@ -357,7 +357,10 @@ impl Client {
         let resp = self
             .unary(
                 true,
-                pb::GetRequest { key: key.into() },
+                pb::GetRequest {
+                    key: key.into(),
+                    ..Default::default()
+                },
                 |mut stub, req| async move { stub.get(req).await },
             )
             .await?;
@@ -380,6 +383,7 @@ impl Client {
                 key: key.into(),
                 value,
                 ttl_seconds: ttl_seconds(ttl),
+                ..Default::default()
             },
             |mut stub, req| async move { stub.set(req).await },
         )
@@ -392,7 +396,10 @@ impl Client {
         let resp = self
             .unary(
                 true,
-                pb::DeleteRequest { key: key.into() },
+                pb::DeleteRequest {
+                    key: key.into(),
+                    ..Default::default()
+                },
                 |mut stub, req| async move { stub.delete(req).await },
             )
             .await?;
@@ -554,7 +561,10 @@ impl Client {
     where
         S: Stream<Item = String> + Send + 'static,
     {
-        let requests = keys.map(|key| pb::GetRequest { key });
+        let requests = keys.map(|key| pb::GetRequest {
+            key,
+            ..Default::default()
+        });
         let results = self
             .stream_stub()
             .batch_get_stream(requests)
@@ -584,7 +594,10 @@ impl Client {
     {
         let resp = self
             .stream_stub()
-            .batch_delete_stream(keys.map(|key| pb::DeleteRequest { key }))
+            .batch_delete_stream(keys.map(|key| pb::DeleteRequest {
+                key,
+                ..Default::default()
+            }))
             .await?
             .into_inner();
         Ok(outcome(resp.deleted, resp.errors))
@@ -687,6 +700,7 @@ fn set_request(item: Item) -> pb::SetRequest {
         key: item.key,
         value: item.value,
         ttl_seconds: ttl_seconds(item.ttl),
+        ..Default::default()
     }
 }
 

@@ -67,12 +67,14 @@ async fn traffic(port: u16) {
     client.set(set).await.unwrap();
     let mut get = tonic::Request::new(GetRequest {
         key: "log-key".into(),
+        ..Default::default()
     });
     get.metadata_mut().insert("authorization", bearer(TOKEN));
     let got = client.get(get).await.unwrap().into_inner();
     assert_eq!(got.value.as_ref(), VALUE);
     let mut bad = tonic::Request::new(GetRequest {
         key: "log-key".into(),
+        ..Default::default()
     });
     bad.metadata_mut()
         .insert("authorization", bearer("tok-SECRET-wrong"));

@@ -16,7 +16,11 @@ impl<S: Store> CacheService<S> {
         let value = self.store.get(&key, &budget).await?;
         self.metrics.cache.get.record(value.is_some());
         Ok(match value {
-            Some(value) => pb::GetResponse { found: true, value },
+            Some(value) => pb::GetResponse {
+                found: true,
+                value,
+                ..Default::default()
+            },
             None => pb::GetResponse::default(),
         })
     }
@@ -25,7 +29,10 @@ impl<S: Store> CacheService<S> {
         crate::trace::record_keys(1);
         let item = self.item(req, Field::Single)?;
         self.store.set(item).await?;
-        Ok(pb::SetResponse {})
+        Ok(pb::SetResponse {
+            stored: true,
+            cas: 0,
+        })
     }
 
     pub(super) async fn delete_one(

@@ -26,13 +26,146 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
-// GetRequest names the key to read.
+// LeaseState tells a Get with lease_ttl_seconds who refills a missing or
+// stale key.
+type LeaseState int32
+
+const (
+	// No lease: a hit on a fresh item, or a Get without lease_ttl_seconds.
+	LeaseState_LEASE_STATE_UNSPECIFIED LeaseState = 0
+	// This caller should compute the value and Set it (unconditionally, or
+	// with CAS_MATCH and the response's cas to lose to any write made
+	// meanwhile).
+	LeaseState_LEASE_STATE_WON LeaseState = 1
+	// Another caller is refilling the key: use the stale value if there is
+	// one, or retry the Get shortly.
+	LeaseState_LEASE_STATE_HELD LeaseState = 2
+)
+
+// Enum value maps for LeaseState.
+var (
+	LeaseState_name = map[int32]string{
+		0: "LEASE_STATE_UNSPECIFIED",
+		1: "LEASE_STATE_WON",
+		2: "LEASE_STATE_HELD",
+	}
+	LeaseState_value = map[string]int32{
+		"LEASE_STATE_UNSPECIFIED": 0,
+		"LEASE_STATE_WON":         1,
+		"LEASE_STATE_HELD":        2,
+	}
+)
+
+func (x LeaseState) Enum() *LeaseState {
+	p := new(LeaseState)
+	*p = x
+	return p
+}
+
+func (x LeaseState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LeaseState) Descriptor() protoreflect.EnumDescriptor {
+	return file_memgate_v1_cache_proto_enumTypes[0].Descriptor()
+}
+
+func (LeaseState) Type() protoreflect.EnumType {
+	return &file_memgate_v1_cache_proto_enumTypes[0]
+}
+
+func (x LeaseState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LeaseState.Descriptor instead.
+func (LeaseState) EnumDescriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{0}
+}
+
+// SetCondition makes a Set conditional. A condition that does not hold is
+// not an error: Set answers OK with stored=false (BatchSet and
+// BatchSetStream report a KeyError with code FAILED_PRECONDITION).
+type SetCondition int32
+
+const (
+	// Always store.
+	SetCondition_SET_CONDITION_UNSPECIFIED SetCondition = 0
+	// Store only if the key does not exist (memcached's add): a lock, or a
+	// first writer wins. A lease placeholder or a stale item exists.
+	SetCondition_SET_CONDITION_ABSENT SetCondition = 1
+	// Store only if the key exists (memcached's replace).
+	SetCondition_SET_CONDITION_PRESENT SetCondition = 2
+	// Store only if the item's CAS token is still SetRequest.cas (from a
+	// Get): compare-and-swap. A missing key never matches.
+	SetCondition_SET_CONDITION_CAS_MATCH SetCondition = 3
+)
+
+// Enum value maps for SetCondition.
+var (
+	SetCondition_name = map[int32]string{
+		0: "SET_CONDITION_UNSPECIFIED",
+		1: "SET_CONDITION_ABSENT",
+		2: "SET_CONDITION_PRESENT",
+		3: "SET_CONDITION_CAS_MATCH",
+	}
+	SetCondition_value = map[string]int32{
+		"SET_CONDITION_UNSPECIFIED": 0,
+		"SET_CONDITION_ABSENT":      1,
+		"SET_CONDITION_PRESENT":     2,
+		"SET_CONDITION_CAS_MATCH":   3,
+	}
+)
+
+func (x SetCondition) Enum() *SetCondition {
+	p := new(SetCondition)
+	*p = x
+	return p
+}
+
+func (x SetCondition) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SetCondition) Descriptor() protoreflect.EnumDescriptor {
+	return file_memgate_v1_cache_proto_enumTypes[1].Descriptor()
+}
+
+func (SetCondition) Type() protoreflect.EnumType {
+	return &file_memgate_v1_cache_proto_enumTypes[1]
+}
+
+func (x SetCondition) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SetCondition.Descriptor instead.
+func (SetCondition) EnumDescriptor() ([]byte, []int) {
+	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{1}
+}
+
+// GetRequest names the key to read, and optionally touches it or asks
+// for a lease. Get only: BatchGetStream reads plainly and reports a
+// request that sets an option as a per-key INVALID_ARGUMENT.
 type GetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key to read.
-	Key           string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Get-and-touch: a hit also sets this TTL (same rules as
+	// SetRequest.ttl_seconds; 0: never expires). The response's
+	// ttl_remaining_seconds is the new TTL.
+	TouchTtlSeconds *uint32 `protobuf:"varint,2,opt,name=touch_ttl_seconds,json=touchTtlSeconds,proto3,oneof" json:"touch_ttl_seconds,omitempty"`
+	// Stampede protection. A miss creates a placeholder living this many
+	// seconds and answers found=false with lease=WON to exactly one caller
+	// (across every memgate replica: the placeholder lives in memcached),
+	// and lease=HELD to the others until the winner's Set or the
+	// placeholder's expiry. A stale item (see DeleteRequest.invalidate) is
+	// returned with stale=true, and one reader also gets lease=WON. Unset:
+	// no lease is taken or reported. With touch_ttl_seconds as well, a
+	// placeholder lives touch_ttl_seconds (memcached applies both).
+	LeaseTtlSeconds *uint32 `protobuf:"varint,3,opt,name=lease_ttl_seconds,json=leaseTtlSeconds,proto3,oneof" json:"lease_ttl_seconds,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GetRequest) Reset() {
@@ -72,13 +205,40 @@ func (x *GetRequest) GetKey() string {
 	return ""
 }
 
+func (x *GetRequest) GetTouchTtlSeconds() uint32 {
+	if x != nil && x.TouchTtlSeconds != nil {
+		return *x.TouchTtlSeconds
+	}
+	return 0
+}
+
+func (x *GetRequest) GetLeaseTtlSeconds() uint32 {
+	if x != nil && x.LeaseTtlSeconds != nil {
+		return *x.LeaseTtlSeconds
+	}
+	return 0
+}
+
 // GetResponse carries the value, if the key was present.
 type GetResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// True if the key was present (and not expired).
+	// True if the key was present (and not expired). A lease placeholder is
+	// not a value: found=false.
 	Found bool `protobuf:"varint,1,opt,name=found,proto3" json:"found,omitempty"`
 	// The stored bytes, exactly as written; empty when found=false.
-	Value         []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Value []byte `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// The item's CAS token, for SetRequest.cas with SET_CONDITION_CAS_MATCH;
+	// 0 on a miss, and on shards that speak only the text protocol. With a
+	// lease (found=false), the placeholder's token.
+	Cas uint64 `protobuf:"varint,3,opt,name=cas,proto3" json:"cas,omitempty"`
+	// Seconds the item has left; absent when it never expires, on a miss,
+	// and on text-protocol shards.
+	TtlRemainingSeconds *uint32 `protobuf:"varint,4,opt,name=ttl_remaining_seconds,json=ttlRemainingSeconds,proto3,oneof" json:"ttl_remaining_seconds,omitempty"`
+	// Who refills the key (Gets with lease_ttl_seconds only).
+	Lease LeaseState `protobuf:"varint,5,opt,name=lease,proto3,enum=memgate.v1.LeaseState" json:"lease,omitempty"`
+	// True when the value was invalidated (DeleteRequest.invalidate) and is
+	// being, or is about to be, refreshed: usable, but old.
+	Stale         bool `protobuf:"varint,6,opt,name=stale,proto3" json:"stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -127,6 +287,34 @@ func (x *GetResponse) GetValue() []byte {
 	return nil
 }
 
+func (x *GetResponse) GetCas() uint64 {
+	if x != nil {
+		return x.Cas
+	}
+	return 0
+}
+
+func (x *GetResponse) GetTtlRemainingSeconds() uint32 {
+	if x != nil && x.TtlRemainingSeconds != nil {
+		return *x.TtlRemainingSeconds
+	}
+	return 0
+}
+
+func (x *GetResponse) GetLease() LeaseState {
+	if x != nil {
+		return x.Lease
+	}
+	return LeaseState_LEASE_STATE_UNSPECIFIED
+}
+
+func (x *GetResponse) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
 // SetRequest stores one item.
 type SetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -138,7 +326,12 @@ type SetRequest struct {
 	// Time to live in seconds. Absent: the server's --default-ttl. 0: never
 	// expires. Any TTL works, including ones over memcached's 30-day limit
 	// for relative expiry (the server converts them to absolute time).
-	TtlSeconds    *uint32 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3,oneof" json:"ttl_seconds,omitempty"`
+	TtlSeconds *uint32 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3,oneof" json:"ttl_seconds,omitempty"`
+	// Store only if this holds (default: always).
+	Condition SetCondition `protobuf:"varint,4,opt,name=condition,proto3,enum=memgate.v1.SetCondition" json:"condition,omitempty"`
+	// The CAS token the item must still have (SET_CONDITION_CAS_MATCH only;
+	// ignored otherwise).
+	Cas           uint64 `protobuf:"varint,5,opt,name=cas,proto3" json:"cas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -194,9 +387,30 @@ func (x *SetRequest) GetTtlSeconds() uint32 {
 	return 0
 }
 
-// SetResponse is empty: an OK status means memcached acknowledged the write.
+func (x *SetRequest) GetCondition() SetCondition {
+	if x != nil {
+		return x.Condition
+	}
+	return SetCondition_SET_CONDITION_UNSPECIFIED
+}
+
+func (x *SetRequest) GetCas() uint64 {
+	if x != nil {
+		return x.Cas
+	}
+	return 0
+}
+
+// SetResponse reports whether the item was stored. An OK status with
+// stored=true means memcached acknowledged the write.
 type SetResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// False only when the request's condition did not hold (nothing was
+	// written); an unconditional Set that returns OK always stored.
+	Stored bool `protobuf:"varint,1,opt,name=stored,proto3" json:"stored,omitempty"`
+	// The item's new CAS token when stored; 0 otherwise and on
+	// text-protocol shards.
+	Cas           uint64 `protobuf:"varint,2,opt,name=cas,proto3" json:"cas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -231,11 +445,32 @@ func (*SetResponse) Descriptor() ([]byte, []int) {
 	return file_memgate_v1_cache_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *SetResponse) GetStored() bool {
+	if x != nil {
+		return x.Stored
+	}
+	return false
+}
+
+func (x *SetResponse) GetCas() uint64 {
+	if x != nil {
+		return x.Cas
+	}
+	return 0
+}
+
 // DeleteRequest names the key to remove.
 type DeleteRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key to remove.
-	Key           string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Instead of removing the item, mark it stale: it stays readable (Get
+	// answers it with stale=true) for the server's --stale-ttl seconds
+	// (default 30), and the first Get with lease_ttl_seconds after that wins
+	// the lease to refresh it, so readers keep a value while one caller
+	// recomputes it. Delete only: BatchDeleteStream reports a request that
+	// sets it as an INVALID_ARGUMENT error.
+	Invalidate    bool `protobuf:"varint,2,opt,name=invalidate,proto3" json:"invalidate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -275,6 +510,13 @@ func (x *DeleteRequest) GetKey() string {
 		return x.Key
 	}
 	return ""
+}
+
+func (x *DeleteRequest) GetInvalidate() bool {
+	if x != nil {
+		return x.Invalidate
+	}
+	return false
 }
 
 // DeleteResponse reports whether anything was removed.
@@ -2009,23 +2251,39 @@ var File_memgate_v1_cache_proto protoreflect.FileDescriptor
 const file_memgate_v1_cache_proto_rawDesc = "" +
 	"\n" +
 	"\x16memgate/v1/cache.proto\x12\n" +
-	"memgate.v1\"\x1e\n" +
+	"memgate.v1\"\xac\x01\n" +
 	"\n" +
 	"GetRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\"9\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12/\n" +
+	"\x11touch_ttl_seconds\x18\x02 \x01(\rH\x00R\x0ftouchTtlSeconds\x88\x01\x01\x12/\n" +
+	"\x11lease_ttl_seconds\x18\x03 \x01(\rH\x01R\x0fleaseTtlSeconds\x88\x01\x01B\x14\n" +
+	"\x12_touch_ttl_secondsB\x14\n" +
+	"\x12_lease_ttl_seconds\"\xe2\x01\n" +
 	"\vGetResponse\x12\x14\n" +
 	"\x05found\x18\x01 \x01(\bR\x05found\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"j\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\x12\x10\n" +
+	"\x03cas\x18\x03 \x01(\x04R\x03cas\x127\n" +
+	"\x15ttl_remaining_seconds\x18\x04 \x01(\rH\x00R\x13ttlRemainingSeconds\x88\x01\x01\x12,\n" +
+	"\x05lease\x18\x05 \x01(\x0e2\x16.memgate.v1.LeaseStateR\x05lease\x12\x14\n" +
+	"\x05stale\x18\x06 \x01(\bR\x05staleB\x18\n" +
+	"\x16_ttl_remaining_seconds\"\xb4\x01\n" +
 	"\n" +
 	"SetRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value\x12$\n" +
 	"\vttl_seconds\x18\x03 \x01(\rH\x00R\n" +
-	"ttlSeconds\x88\x01\x01B\x0e\n" +
-	"\f_ttl_seconds\"\r\n" +
-	"\vSetResponse\"!\n" +
+	"ttlSeconds\x88\x01\x01\x126\n" +
+	"\tcondition\x18\x04 \x01(\x0e2\x18.memgate.v1.SetConditionR\tcondition\x12\x10\n" +
+	"\x03cas\x18\x05 \x01(\x04R\x03casB\x0e\n" +
+	"\f_ttl_seconds\"7\n" +
+	"\vSetResponse\x12\x16\n" +
+	"\x06stored\x18\x01 \x01(\bR\x06stored\x12\x10\n" +
+	"\x03cas\x18\x02 \x01(\x04R\x03cas\"A\n" +
 	"\rDeleteRequest\x12\x10\n" +
-	"\x03key\x18\x01 \x01(\tR\x03key\"*\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x1e\n" +
+	"\n" +
+	"invalidate\x18\x02 \x01(\bR\n" +
+	"invalidate\"*\n" +
 	"\x0eDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\";\n" +
 	"\vListRequest\x12\x16\n" +
@@ -2145,7 +2403,17 @@ const file_memgate_v1_cache_proto_rawDesc = "" +
 	"\vttl_seconds\x18\x02 \x01(\rR\n" +
 	"ttlSeconds\"%\n" +
 	"\rTouchResponse\x12\x14\n" +
-	"\x05found\x18\x01 \x01(\bR\x05found2\xba\a\n" +
+	"\x05found\x18\x01 \x01(\bR\x05found*T\n" +
+	"\n" +
+	"LeaseState\x12\x1b\n" +
+	"\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fLEASE_STATE_WON\x10\x01\x12\x14\n" +
+	"\x10LEASE_STATE_HELD\x10\x02*\x7f\n" +
+	"\fSetCondition\x12\x1d\n" +
+	"\x19SET_CONDITION_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14SET_CONDITION_ABSENT\x10\x01\x12\x19\n" +
+	"\x15SET_CONDITION_PRESENT\x10\x02\x12\x1b\n" +
+	"\x17SET_CONDITION_CAS_MATCH\x10\x032\xba\a\n" +
 	"\x05Cache\x126\n" +
 	"\x03Get\x12\x16.memgate.v1.GetRequest\x1a\x17.memgate.v1.GetResponse\x126\n" +
 	"\x03Set\x12\x16.memgate.v1.SetRequest\x1a\x17.memgate.v1.SetResponse\x12?\n" +
@@ -2174,85 +2442,90 @@ func file_memgate_v1_cache_proto_rawDescGZIP() []byte {
 	return file_memgate_v1_cache_proto_rawDescData
 }
 
+var file_memgate_v1_cache_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_memgate_v1_cache_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_memgate_v1_cache_proto_goTypes = []any{
-	(*GetRequest)(nil),          // 0: memgate.v1.GetRequest
-	(*GetResponse)(nil),         // 1: memgate.v1.GetResponse
-	(*SetRequest)(nil),          // 2: memgate.v1.SetRequest
-	(*SetResponse)(nil),         // 3: memgate.v1.SetResponse
-	(*DeleteRequest)(nil),       // 4: memgate.v1.DeleteRequest
-	(*DeleteResponse)(nil),      // 5: memgate.v1.DeleteResponse
-	(*ListRequest)(nil),         // 6: memgate.v1.ListRequest
-	(*ListResponse)(nil),        // 7: memgate.v1.ListResponse
-	(*BatchGetRequest)(nil),     // 8: memgate.v1.BatchGetRequest
-	(*GetResult)(nil),           // 9: memgate.v1.GetResult
-	(*BatchGetResponse)(nil),    // 10: memgate.v1.BatchGetResponse
-	(*BatchSetRequest)(nil),     // 11: memgate.v1.BatchSetRequest
-	(*KeyError)(nil),            // 12: memgate.v1.KeyError
-	(*BatchSetResponse)(nil),    // 13: memgate.v1.BatchSetResponse
-	(*BatchDeleteRequest)(nil),  // 14: memgate.v1.BatchDeleteRequest
-	(*BatchDeleteResponse)(nil), // 15: memgate.v1.BatchDeleteResponse
-	(*StatsRequest)(nil),        // 16: memgate.v1.StatsRequest
-	(*StatsResponse)(nil),       // 17: memgate.v1.StatsResponse
-	(*ServerCounters)(nil),      // 18: memgate.v1.ServerCounters
-	(*MethodCounters)(nil),      // 19: memgate.v1.MethodCounters
-	(*CodeCount)(nil),           // 20: memgate.v1.CodeCount
-	(*ShardStats)(nil),          // 21: memgate.v1.ShardStats
-	(*BackendStats)(nil),        // 22: memgate.v1.BackendStats
-	(*ShardCounters)(nil),       // 23: memgate.v1.ShardCounters
-	(*LocateRequest)(nil),       // 24: memgate.v1.LocateRequest
-	(*LocateResponse)(nil),      // 25: memgate.v1.LocateResponse
-	(*KeyLocation)(nil),         // 26: memgate.v1.KeyLocation
-	(*IncrementRequest)(nil),    // 27: memgate.v1.IncrementRequest
-	(*IncrementResponse)(nil),   // 28: memgate.v1.IncrementResponse
-	(*TouchRequest)(nil),        // 29: memgate.v1.TouchRequest
-	(*TouchResponse)(nil),       // 30: memgate.v1.TouchResponse
+	(LeaseState)(0),             // 0: memgate.v1.LeaseState
+	(SetCondition)(0),           // 1: memgate.v1.SetCondition
+	(*GetRequest)(nil),          // 2: memgate.v1.GetRequest
+	(*GetResponse)(nil),         // 3: memgate.v1.GetResponse
+	(*SetRequest)(nil),          // 4: memgate.v1.SetRequest
+	(*SetResponse)(nil),         // 5: memgate.v1.SetResponse
+	(*DeleteRequest)(nil),       // 6: memgate.v1.DeleteRequest
+	(*DeleteResponse)(nil),      // 7: memgate.v1.DeleteResponse
+	(*ListRequest)(nil),         // 8: memgate.v1.ListRequest
+	(*ListResponse)(nil),        // 9: memgate.v1.ListResponse
+	(*BatchGetRequest)(nil),     // 10: memgate.v1.BatchGetRequest
+	(*GetResult)(nil),           // 11: memgate.v1.GetResult
+	(*BatchGetResponse)(nil),    // 12: memgate.v1.BatchGetResponse
+	(*BatchSetRequest)(nil),     // 13: memgate.v1.BatchSetRequest
+	(*KeyError)(nil),            // 14: memgate.v1.KeyError
+	(*BatchSetResponse)(nil),    // 15: memgate.v1.BatchSetResponse
+	(*BatchDeleteRequest)(nil),  // 16: memgate.v1.BatchDeleteRequest
+	(*BatchDeleteResponse)(nil), // 17: memgate.v1.BatchDeleteResponse
+	(*StatsRequest)(nil),        // 18: memgate.v1.StatsRequest
+	(*StatsResponse)(nil),       // 19: memgate.v1.StatsResponse
+	(*ServerCounters)(nil),      // 20: memgate.v1.ServerCounters
+	(*MethodCounters)(nil),      // 21: memgate.v1.MethodCounters
+	(*CodeCount)(nil),           // 22: memgate.v1.CodeCount
+	(*ShardStats)(nil),          // 23: memgate.v1.ShardStats
+	(*BackendStats)(nil),        // 24: memgate.v1.BackendStats
+	(*ShardCounters)(nil),       // 25: memgate.v1.ShardCounters
+	(*LocateRequest)(nil),       // 26: memgate.v1.LocateRequest
+	(*LocateResponse)(nil),      // 27: memgate.v1.LocateResponse
+	(*KeyLocation)(nil),         // 28: memgate.v1.KeyLocation
+	(*IncrementRequest)(nil),    // 29: memgate.v1.IncrementRequest
+	(*IncrementResponse)(nil),   // 30: memgate.v1.IncrementResponse
+	(*TouchRequest)(nil),        // 31: memgate.v1.TouchRequest
+	(*TouchResponse)(nil),       // 32: memgate.v1.TouchResponse
 }
 var file_memgate_v1_cache_proto_depIdxs = []int32{
-	9,  // 0: memgate.v1.BatchGetResponse.results:type_name -> memgate.v1.GetResult
-	2,  // 1: memgate.v1.BatchSetRequest.items:type_name -> memgate.v1.SetRequest
-	12, // 2: memgate.v1.BatchSetResponse.errors:type_name -> memgate.v1.KeyError
-	12, // 3: memgate.v1.BatchDeleteResponse.errors:type_name -> memgate.v1.KeyError
-	18, // 4: memgate.v1.StatsResponse.counters:type_name -> memgate.v1.ServerCounters
-	21, // 5: memgate.v1.StatsResponse.shards:type_name -> memgate.v1.ShardStats
-	19, // 6: memgate.v1.ServerCounters.methods:type_name -> memgate.v1.MethodCounters
-	20, // 7: memgate.v1.MethodCounters.handled:type_name -> memgate.v1.CodeCount
-	22, // 8: memgate.v1.ShardStats.backend:type_name -> memgate.v1.BackendStats
-	23, // 9: memgate.v1.ShardStats.counters:type_name -> memgate.v1.ShardCounters
-	26, // 10: memgate.v1.LocateResponse.locations:type_name -> memgate.v1.KeyLocation
-	0,  // 11: memgate.v1.Cache.Get:input_type -> memgate.v1.GetRequest
-	2,  // 12: memgate.v1.Cache.Set:input_type -> memgate.v1.SetRequest
-	4,  // 13: memgate.v1.Cache.Delete:input_type -> memgate.v1.DeleteRequest
-	6,  // 14: memgate.v1.Cache.List:input_type -> memgate.v1.ListRequest
-	8,  // 15: memgate.v1.Cache.BatchGet:input_type -> memgate.v1.BatchGetRequest
-	11, // 16: memgate.v1.Cache.BatchSet:input_type -> memgate.v1.BatchSetRequest
-	14, // 17: memgate.v1.Cache.BatchDelete:input_type -> memgate.v1.BatchDeleteRequest
-	0,  // 18: memgate.v1.Cache.BatchGetStream:input_type -> memgate.v1.GetRequest
-	2,  // 19: memgate.v1.Cache.BatchSetStream:input_type -> memgate.v1.SetRequest
-	4,  // 20: memgate.v1.Cache.BatchDeleteStream:input_type -> memgate.v1.DeleteRequest
-	16, // 21: memgate.v1.Cache.Stats:input_type -> memgate.v1.StatsRequest
-	24, // 22: memgate.v1.Cache.Locate:input_type -> memgate.v1.LocateRequest
-	27, // 23: memgate.v1.Cache.Increment:input_type -> memgate.v1.IncrementRequest
-	29, // 24: memgate.v1.Cache.Touch:input_type -> memgate.v1.TouchRequest
-	1,  // 25: memgate.v1.Cache.Get:output_type -> memgate.v1.GetResponse
-	3,  // 26: memgate.v1.Cache.Set:output_type -> memgate.v1.SetResponse
-	5,  // 27: memgate.v1.Cache.Delete:output_type -> memgate.v1.DeleteResponse
-	7,  // 28: memgate.v1.Cache.List:output_type -> memgate.v1.ListResponse
-	10, // 29: memgate.v1.Cache.BatchGet:output_type -> memgate.v1.BatchGetResponse
-	13, // 30: memgate.v1.Cache.BatchSet:output_type -> memgate.v1.BatchSetResponse
-	15, // 31: memgate.v1.Cache.BatchDelete:output_type -> memgate.v1.BatchDeleteResponse
-	9,  // 32: memgate.v1.Cache.BatchGetStream:output_type -> memgate.v1.GetResult
-	13, // 33: memgate.v1.Cache.BatchSetStream:output_type -> memgate.v1.BatchSetResponse
-	15, // 34: memgate.v1.Cache.BatchDeleteStream:output_type -> memgate.v1.BatchDeleteResponse
-	17, // 35: memgate.v1.Cache.Stats:output_type -> memgate.v1.StatsResponse
-	25, // 36: memgate.v1.Cache.Locate:output_type -> memgate.v1.LocateResponse
-	28, // 37: memgate.v1.Cache.Increment:output_type -> memgate.v1.IncrementResponse
-	30, // 38: memgate.v1.Cache.Touch:output_type -> memgate.v1.TouchResponse
-	25, // [25:39] is the sub-list for method output_type
-	11, // [11:25] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	0,  // 0: memgate.v1.GetResponse.lease:type_name -> memgate.v1.LeaseState
+	1,  // 1: memgate.v1.SetRequest.condition:type_name -> memgate.v1.SetCondition
+	11, // 2: memgate.v1.BatchGetResponse.results:type_name -> memgate.v1.GetResult
+	4,  // 3: memgate.v1.BatchSetRequest.items:type_name -> memgate.v1.SetRequest
+	14, // 4: memgate.v1.BatchSetResponse.errors:type_name -> memgate.v1.KeyError
+	14, // 5: memgate.v1.BatchDeleteResponse.errors:type_name -> memgate.v1.KeyError
+	20, // 6: memgate.v1.StatsResponse.counters:type_name -> memgate.v1.ServerCounters
+	23, // 7: memgate.v1.StatsResponse.shards:type_name -> memgate.v1.ShardStats
+	21, // 8: memgate.v1.ServerCounters.methods:type_name -> memgate.v1.MethodCounters
+	22, // 9: memgate.v1.MethodCounters.handled:type_name -> memgate.v1.CodeCount
+	24, // 10: memgate.v1.ShardStats.backend:type_name -> memgate.v1.BackendStats
+	25, // 11: memgate.v1.ShardStats.counters:type_name -> memgate.v1.ShardCounters
+	28, // 12: memgate.v1.LocateResponse.locations:type_name -> memgate.v1.KeyLocation
+	2,  // 13: memgate.v1.Cache.Get:input_type -> memgate.v1.GetRequest
+	4,  // 14: memgate.v1.Cache.Set:input_type -> memgate.v1.SetRequest
+	6,  // 15: memgate.v1.Cache.Delete:input_type -> memgate.v1.DeleteRequest
+	8,  // 16: memgate.v1.Cache.List:input_type -> memgate.v1.ListRequest
+	10, // 17: memgate.v1.Cache.BatchGet:input_type -> memgate.v1.BatchGetRequest
+	13, // 18: memgate.v1.Cache.BatchSet:input_type -> memgate.v1.BatchSetRequest
+	16, // 19: memgate.v1.Cache.BatchDelete:input_type -> memgate.v1.BatchDeleteRequest
+	2,  // 20: memgate.v1.Cache.BatchGetStream:input_type -> memgate.v1.GetRequest
+	4,  // 21: memgate.v1.Cache.BatchSetStream:input_type -> memgate.v1.SetRequest
+	6,  // 22: memgate.v1.Cache.BatchDeleteStream:input_type -> memgate.v1.DeleteRequest
+	18, // 23: memgate.v1.Cache.Stats:input_type -> memgate.v1.StatsRequest
+	26, // 24: memgate.v1.Cache.Locate:input_type -> memgate.v1.LocateRequest
+	29, // 25: memgate.v1.Cache.Increment:input_type -> memgate.v1.IncrementRequest
+	31, // 26: memgate.v1.Cache.Touch:input_type -> memgate.v1.TouchRequest
+	3,  // 27: memgate.v1.Cache.Get:output_type -> memgate.v1.GetResponse
+	5,  // 28: memgate.v1.Cache.Set:output_type -> memgate.v1.SetResponse
+	7,  // 29: memgate.v1.Cache.Delete:output_type -> memgate.v1.DeleteResponse
+	9,  // 30: memgate.v1.Cache.List:output_type -> memgate.v1.ListResponse
+	12, // 31: memgate.v1.Cache.BatchGet:output_type -> memgate.v1.BatchGetResponse
+	15, // 32: memgate.v1.Cache.BatchSet:output_type -> memgate.v1.BatchSetResponse
+	17, // 33: memgate.v1.Cache.BatchDelete:output_type -> memgate.v1.BatchDeleteResponse
+	11, // 34: memgate.v1.Cache.BatchGetStream:output_type -> memgate.v1.GetResult
+	15, // 35: memgate.v1.Cache.BatchSetStream:output_type -> memgate.v1.BatchSetResponse
+	17, // 36: memgate.v1.Cache.BatchDeleteStream:output_type -> memgate.v1.BatchDeleteResponse
+	19, // 37: memgate.v1.Cache.Stats:output_type -> memgate.v1.StatsResponse
+	27, // 38: memgate.v1.Cache.Locate:output_type -> memgate.v1.LocateResponse
+	30, // 39: memgate.v1.Cache.Increment:output_type -> memgate.v1.IncrementResponse
+	32, // 40: memgate.v1.Cache.Touch:output_type -> memgate.v1.TouchResponse
+	27, // [27:41] is the sub-list for method output_type
+	13, // [13:27] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_memgate_v1_cache_proto_init() }
@@ -2260,6 +2533,8 @@ func file_memgate_v1_cache_proto_init() {
 	if File_memgate_v1_cache_proto != nil {
 		return
 	}
+	file_memgate_v1_cache_proto_msgTypes[0].OneofWrappers = []any{}
+	file_memgate_v1_cache_proto_msgTypes[1].OneofWrappers = []any{}
 	file_memgate_v1_cache_proto_msgTypes[2].OneofWrappers = []any{}
 	file_memgate_v1_cache_proto_msgTypes[27].OneofWrappers = []any{}
 	type x struct{}
@@ -2267,13 +2542,14 @@ func file_memgate_v1_cache_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_memgate_v1_cache_proto_rawDesc), len(file_memgate_v1_cache_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      2,
 			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_memgate_v1_cache_proto_goTypes,
 		DependencyIndexes: file_memgate_v1_cache_proto_depIdxs,
+		EnumInfos:         file_memgate_v1_cache_proto_enumTypes,
 		MessageInfos:      file_memgate_v1_cache_proto_msgTypes,
 	}.Build()
 	File_memgate_v1_cache_proto = out.File

@@ -62,9 +62,11 @@ const (
 //	UNAUTHENTICATED    tokens are required and the call has none or a wrong one
 //	INTERNAL           memcached answered with an error the server did not expect
 //	NOT_FOUND          Increment: the key does not exist and no initial_value was given
-//	FAILED_PRECONDITION Increment: the stored value is not a decimal number
-//	UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
-//	                   text protocol (e.g. twemproxy)
+//	FAILED_PRECONDITION Increment: the stored value is not a decimal number;
+//	                   in a batch's KeyError: the item's SetCondition did not hold
+//	UNIMPLEMENTED      Increment, Touch, a conditional Set, an invalidating
+//	                   Delete or a Get with touch or lease options on a shard
+//	                   that speaks only memcached's text protocol (e.g. twemproxy)
 //
 // Error details: every error status the server sends carries a
 // google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -108,16 +110,23 @@ const (
 //	                                           number of at most 20 digits (key)
 //	SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
 //	                                           call needs (shard)
+//	CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
+//	                                           (KeyError only; a unary Set answers
+//	                                           stored=false)
 //
 // Per-key failures inside a batch or stream response (GetResult.error,
 // KeyError) carry the code and message only.
 type CacheClient interface {
-	// Get reads one key. A miss is not an error: found=false.
+	// Get reads one key, with its CAS token and remaining TTL. A miss is not
+	// an error: found=false. It can also touch the key (get-and-touch) and
+	// take a lease against stampedes (GetRequest).
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
-	// Set stores a value. It returns OK only after memcached acknowledged
-	// the write (STORED).
+	// Set stores a value, optionally only if a condition holds (absent,
+	// present, CAS match). It returns OK only after memcached answered;
+	// stored=false when the condition did not hold.
 	Set(ctx context.Context, in *SetRequest, opts ...grpc.CallOption) (*SetResponse, error)
-	// Delete removes a key and reports whether it existed.
+	// Delete removes a key and reports whether it existed; with
+	// `invalidate` it marks the item stale instead (DeleteRequest).
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	// List returns keys starting with a prefix, sorted, capped at `limit`.
 	// On memcached it fans `lru_crawler metadump hash` out to every shard and
@@ -129,10 +138,14 @@ type CacheClient interface {
 	// BatchGet reads many keys with one multi-key `get` per shard. Results
 	// come in request order, one per requested key (duplicates included).
 	// A failing shard yields per-key errors; other shards' keys still succeed.
+	// An invalidated (stale) item is read as found, with its old value; Get
+	// tells stale values apart.
 	BatchGet(ctx context.Context, in *BatchGetRequest, opts ...grpc.CallOption) (*BatchGetResponse, error)
 	// BatchSet stores many items. Items that fail are reported in `errors`;
 	// the others are stored. An invalid item fails the whole call with
-	// INVALID_ARGUMENT before anything is written.
+	// INVALID_ARGUMENT before anything is written. Items may carry a
+	// SetCondition; one that does not hold is a KeyError with code
+	// FAILED_PRECONDITION (9) and is not counted in `stored`.
 	BatchSet(ctx context.Context, in *BatchSetRequest, opts ...grpc.CallOption) (*BatchSetResponse, error)
 	// BatchDelete removes many keys; `deleted` counts keys that existed.
 	BatchDelete(ctx context.Context, in *BatchDeleteRequest, opts ...grpc.CallOption) (*BatchDeleteResponse, error)
@@ -359,9 +372,11 @@ func (c *cacheClient) Touch(ctx context.Context, in *TouchRequest, opts ...grpc.
 //	UNAUTHENTICATED    tokens are required and the call has none or a wrong one
 //	INTERNAL           memcached answered with an error the server did not expect
 //	NOT_FOUND          Increment: the key does not exist and no initial_value was given
-//	FAILED_PRECONDITION Increment: the stored value is not a decimal number
-//	UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
-//	                   text protocol (e.g. twemproxy)
+//	FAILED_PRECONDITION Increment: the stored value is not a decimal number;
+//	                   in a batch's KeyError: the item's SetCondition did not hold
+//	UNIMPLEMENTED      Increment, Touch, a conditional Set, an invalidating
+//	                   Delete or a Get with touch or lease options on a shard
+//	                   that speaks only memcached's text protocol (e.g. twemproxy)
 //
 // Error details: every error status the server sends carries a
 // google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -405,16 +420,23 @@ func (c *cacheClient) Touch(ctx context.Context, in *TouchRequest, opts ...grpc.
 //	                                           number of at most 20 digits (key)
 //	SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
 //	                                           call needs (shard)
+//	CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
+//	                                           (KeyError only; a unary Set answers
+//	                                           stored=false)
 //
 // Per-key failures inside a batch or stream response (GetResult.error,
 // KeyError) carry the code and message only.
 type CacheServer interface {
-	// Get reads one key. A miss is not an error: found=false.
+	// Get reads one key, with its CAS token and remaining TTL. A miss is not
+	// an error: found=false. It can also touch the key (get-and-touch) and
+	// take a lease against stampedes (GetRequest).
 	Get(context.Context, *GetRequest) (*GetResponse, error)
-	// Set stores a value. It returns OK only after memcached acknowledged
-	// the write (STORED).
+	// Set stores a value, optionally only if a condition holds (absent,
+	// present, CAS match). It returns OK only after memcached answered;
+	// stored=false when the condition did not hold.
 	Set(context.Context, *SetRequest) (*SetResponse, error)
-	// Delete removes a key and reports whether it existed.
+	// Delete removes a key and reports whether it existed; with
+	// `invalidate` it marks the item stale instead (DeleteRequest).
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	// List returns keys starting with a prefix, sorted, capped at `limit`.
 	// On memcached it fans `lru_crawler metadump hash` out to every shard and
@@ -426,10 +448,14 @@ type CacheServer interface {
 	// BatchGet reads many keys with one multi-key `get` per shard. Results
 	// come in request order, one per requested key (duplicates included).
 	// A failing shard yields per-key errors; other shards' keys still succeed.
+	// An invalidated (stale) item is read as found, with its old value; Get
+	// tells stale values apart.
 	BatchGet(context.Context, *BatchGetRequest) (*BatchGetResponse, error)
 	// BatchSet stores many items. Items that fail are reported in `errors`;
 	// the others are stored. An invalid item fails the whole call with
-	// INVALID_ARGUMENT before anything is written.
+	// INVALID_ARGUMENT before anything is written. Items may carry a
+	// SetCondition; one that does not hold is a KeyError with code
+	// FAILED_PRECONDITION (9) and is not counted in `stored`.
 	BatchSet(context.Context, *BatchSetRequest) (*BatchSetResponse, error)
 	// BatchDelete removes many keys; `deleted` counts keys that existed.
 	BatchDelete(context.Context, *BatchDeleteRequest) (*BatchDeleteResponse, error)

@@ -1,4 +1,5 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -6,39 +7,81 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class LeaseState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LEASE_STATE_UNSPECIFIED: _ClassVar[LeaseState]
+    LEASE_STATE_WON: _ClassVar[LeaseState]
+    LEASE_STATE_HELD: _ClassVar[LeaseState]
+
+class SetCondition(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SET_CONDITION_UNSPECIFIED: _ClassVar[SetCondition]
+    SET_CONDITION_ABSENT: _ClassVar[SetCondition]
+    SET_CONDITION_PRESENT: _ClassVar[SetCondition]
+    SET_CONDITION_CAS_MATCH: _ClassVar[SetCondition]
+LEASE_STATE_UNSPECIFIED: LeaseState
+LEASE_STATE_WON: LeaseState
+LEASE_STATE_HELD: LeaseState
+SET_CONDITION_UNSPECIFIED: SetCondition
+SET_CONDITION_ABSENT: SetCondition
+SET_CONDITION_PRESENT: SetCondition
+SET_CONDITION_CAS_MATCH: SetCondition
+
 class GetRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "touch_ttl_seconds", "lease_ttl_seconds")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    TOUCH_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     key: str
-    def __init__(self, key: _Optional[str] = ...) -> None: ...
+    touch_ttl_seconds: int
+    lease_ttl_seconds: int
+    def __init__(self, key: _Optional[str] = ..., touch_ttl_seconds: _Optional[int] = ..., lease_ttl_seconds: _Optional[int] = ...) -> None: ...
 
 class GetResponse(_message.Message):
-    __slots__ = ("found", "value")
+    __slots__ = ("found", "value", "cas", "ttl_remaining_seconds", "lease", "stale")
     FOUND_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
+    CAS_FIELD_NUMBER: _ClassVar[int]
+    TTL_REMAINING_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
     found: bool
     value: bytes
-    def __init__(self, found: bool = ..., value: _Optional[bytes] = ...) -> None: ...
+    cas: int
+    ttl_remaining_seconds: int
+    lease: LeaseState
+    stale: bool
+    def __init__(self, found: bool = ..., value: _Optional[bytes] = ..., cas: _Optional[int] = ..., ttl_remaining_seconds: _Optional[int] = ..., lease: _Optional[_Union[LeaseState, str]] = ..., stale: bool = ...) -> None: ...
 
 class SetRequest(_message.Message):
-    __slots__ = ("key", "value", "ttl_seconds")
+    __slots__ = ("key", "value", "ttl_seconds", "condition", "cas")
     KEY_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CONDITION_FIELD_NUMBER: _ClassVar[int]
+    CAS_FIELD_NUMBER: _ClassVar[int]
     key: str
     value: bytes
     ttl_seconds: int
-    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
+    condition: SetCondition
+    cas: int
+    def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ..., ttl_seconds: _Optional[int] = ..., condition: _Optional[_Union[SetCondition, str]] = ..., cas: _Optional[int] = ...) -> None: ...
 
 class SetResponse(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("stored", "cas")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    CAS_FIELD_NUMBER: _ClassVar[int]
+    stored: bool
+    cas: int
+    def __init__(self, stored: bool = ..., cas: _Optional[int] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "invalidate")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    INVALIDATE_FIELD_NUMBER: _ClassVar[int]
     key: str
-    def __init__(self, key: _Optional[str] = ...) -> None: ...
+    invalidate: bool
+    def __init__(self, key: _Optional[str] = ..., invalidate: bool = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("deleted",)

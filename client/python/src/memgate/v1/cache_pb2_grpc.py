@@ -43,9 +43,11 @@ class CacheStub(object):
     UNAUTHENTICATED    tokens are required and the call has none or a wrong one
     INTERNAL           memcached answered with an error the server did not expect
     NOT_FOUND          Increment: the key does not exist and no initial_value was given
-    FAILED_PRECONDITION Increment: the stored value is not a decimal number
-    UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
-    text protocol (e.g. twemproxy)
+    FAILED_PRECONDITION Increment: the stored value is not a decimal number;
+    in a batch's KeyError: the item's SetCondition did not hold
+    UNIMPLEMENTED      Increment, Touch, a conditional Set, an invalidating
+    Delete or a Get with touch or lease options on a shard
+    that speaks only memcached's text protocol (e.g. twemproxy)
 
     Error details: every error status the server sends carries a
     google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -87,6 +89,9 @@ class CacheStub(object):
     number of at most 20 digits (key)
     SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
     call needs (shard)
+    CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
+    (KeyError only; a unary Set answers
+    stored=false)
     Per-key failures inside a batch or stream response (GetResult.error,
     KeyError) carry the code and message only.
     """
@@ -187,9 +192,11 @@ class CacheServicer(object):
     UNAUTHENTICATED    tokens are required and the call has none or a wrong one
     INTERNAL           memcached answered with an error the server did not expect
     NOT_FOUND          Increment: the key does not exist and no initial_value was given
-    FAILED_PRECONDITION Increment: the stored value is not a decimal number
-    UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
-    text protocol (e.g. twemproxy)
+    FAILED_PRECONDITION Increment: the stored value is not a decimal number;
+    in a batch's KeyError: the item's SetCondition did not hold
+    UNIMPLEMENTED      Increment, Touch, a conditional Set, an invalidating
+    Delete or a Get with touch or lease options on a shard
+    that speaks only memcached's text protocol (e.g. twemproxy)
 
     Error details: every error status the server sends carries a
     google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -231,27 +238,34 @@ class CacheServicer(object):
     number of at most 20 digits (key)
     SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
     call needs (shard)
+    CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
+    (KeyError only; a unary Set answers
+    stored=false)
     Per-key failures inside a batch or stream response (GetResult.error,
     KeyError) carry the code and message only.
     """
 
     def Get(self, request, context):
-        """Get reads one key. A miss is not an error: found=false.
+        """Get reads one key, with its CAS token and remaining TTL. A miss is not
+        an error: found=false. It can also touch the key (get-and-touch) and
+        take a lease against stampedes (GetRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Set(self, request, context):
-        """Set stores a value. It returns OK only after memcached acknowledged
-        the write (STORED).
+        """Set stores a value, optionally only if a condition holds (absent,
+        present, CAS match). It returns OK only after memcached answered;
+        stored=false when the condition did not hold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Delete removes a key and reports whether it existed.
+        """Delete removes a key and reports whether it existed; with
+        `invalidate` it marks the item stale instead (DeleteRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -273,6 +287,8 @@ class CacheServicer(object):
         """BatchGet reads many keys with one multi-key `get` per shard. Results
         come in request order, one per requested key (duplicates included).
         A failing shard yields per-key errors; other shards' keys still succeed.
+        An invalidated (stale) item is read as found, with its old value; Get
+        tells stale values apart.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -281,7 +297,9 @@ class CacheServicer(object):
     def BatchSet(self, request, context):
         """BatchSet stores many items. Items that fail are reported in `errors`;
         the others are stored. An invalid item fails the whole call with
-        INVALID_ARGUMENT before anything is written.
+        INVALID_ARGUMENT before anything is written. Items may carry a
+        SetCondition; one that does not hold is a KeyError with code
+        FAILED_PRECONDITION (9) and is not counted in `stored`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -470,9 +488,11 @@ class Cache(object):
     UNAUTHENTICATED    tokens are required and the call has none or a wrong one
     INTERNAL           memcached answered with an error the server did not expect
     NOT_FOUND          Increment: the key does not exist and no initial_value was given
-    FAILED_PRECONDITION Increment: the stored value is not a decimal number
-    UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
-    text protocol (e.g. twemproxy)
+    FAILED_PRECONDITION Increment: the stored value is not a decimal number;
+    in a batch's KeyError: the item's SetCondition did not hold
+    UNIMPLEMENTED      Increment, Touch, a conditional Set, an invalidating
+    Delete or a Get with touch or lease options on a shard
+    that speaks only memcached's text protocol (e.g. twemproxy)
 
     Error details: every error status the server sends carries a
     google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -514,6 +534,9 @@ class Cache(object):
     number of at most 20 digits (key)
     SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
     call needs (shard)
+    CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
+    (KeyError only; a unary Set answers
+    stored=false)
     Per-key failures inside a batch or stream response (GetResult.error,
     KeyError) carry the code and message only.
     """

@@ -31,18 +31,108 @@ export const protobufFileName = "memgate/v1/cache.proto";
  * new numbers; existing numbers are never reused or renumbered.
  */
 
-/** GetRequest names the key to read. */
+/**
+ * LeaseState tells a Get with lease_ttl_seconds who refills a missing or
+ * stale key.
+ */
+export enum LeaseState {
+  /** LEASE_STATE_UNSPECIFIED - No lease: a hit on a fresh item, or a Get without lease_ttl_seconds. */
+  LEASE_STATE_UNSPECIFIED = 0,
+  /**
+   * LEASE_STATE_WON - This caller should compute the value and Set it (unconditionally, or
+   * with CAS_MATCH and the response's cas to lose to any write made
+   * meanwhile).
+   */
+  LEASE_STATE_WON = 1,
+  /**
+   * LEASE_STATE_HELD - Another caller is refilling the key: use the stale value if there is
+   * one, or retry the Get shortly.
+   */
+  LEASE_STATE_HELD = 2,
+  UNRECOGNIZED = -1,
+}
+
+/**
+ * SetCondition makes a Set conditional. A condition that does not hold is
+ * not an error: Set answers OK with stored=false (BatchSet and
+ * BatchSetStream report a KeyError with code FAILED_PRECONDITION).
+ */
+export enum SetCondition {
+  /** SET_CONDITION_UNSPECIFIED - Always store. */
+  SET_CONDITION_UNSPECIFIED = 0,
+  /**
+   * SET_CONDITION_ABSENT - Store only if the key does not exist (memcached's add): a lock, or a
+   * first writer wins. A lease placeholder or a stale item exists.
+   */
+  SET_CONDITION_ABSENT = 1,
+  /** SET_CONDITION_PRESENT - Store only if the key exists (memcached's replace). */
+  SET_CONDITION_PRESENT = 2,
+  /**
+   * SET_CONDITION_CAS_MATCH - Store only if the item's CAS token is still SetRequest.cas (from a
+   * Get): compare-and-swap. A missing key never matches.
+   */
+  SET_CONDITION_CAS_MATCH = 3,
+  UNRECOGNIZED = -1,
+}
+
+/**
+ * GetRequest names the key to read, and optionally touches it or asks
+ * for a lease. Get only: BatchGetStream reads plainly and reports a
+ * request that sets an option as a per-key INVALID_ARGUMENT.
+ */
 export interface GetRequest {
   /** The key to read. */
   key: string;
+  /**
+   * Get-and-touch: a hit also sets this TTL (same rules as
+   * SetRequest.ttl_seconds; 0: never expires). The response's
+   * ttl_remaining_seconds is the new TTL.
+   */
+  touchTtlSeconds?:
+    | number
+    | undefined;
+  /**
+   * Stampede protection. A miss creates a placeholder living this many
+   * seconds and answers found=false with lease=WON to exactly one caller
+   * (across every memgate replica: the placeholder lives in memcached),
+   * and lease=HELD to the others until the winner's Set or the
+   * placeholder's expiry. A stale item (see DeleteRequest.invalidate) is
+   * returned with stale=true, and one reader also gets lease=WON. Unset:
+   * no lease is taken or reported. With touch_ttl_seconds as well, a
+   * placeholder lives touch_ttl_seconds (memcached applies both).
+   */
+  leaseTtlSeconds?: number | undefined;
 }
 
 /** GetResponse carries the value, if the key was present. */
 export interface GetResponse {
-  /** True if the key was present (and not expired). */
+  /**
+   * True if the key was present (and not expired). A lease placeholder is
+   * not a value: found=false.
+   */
   found: boolean;
   /** The stored bytes, exactly as written; empty when found=false. */
   value: Buffer;
+  /**
+   * The item's CAS token, for SetRequest.cas with SET_CONDITION_CAS_MATCH;
+   * 0 on a miss, and on shards that speak only the text protocol. With a
+   * lease (found=false), the placeholder's token.
+   */
+  cas: number;
+  /**
+   * Seconds the item has left; absent when it never expires, on a miss,
+   * and on text-protocol shards.
+   */
+  ttlRemainingSeconds?:
+    | number
+    | undefined;
+  /** Who refills the key (Gets with lease_ttl_seconds only). */
+  lease: LeaseState;
+  /**
+   * True when the value was invalidated (DeleteRequest.invalidate) and is
+   * being, or is about to be, refreshed: usable, but old.
+   */
+  stale: boolean;
 }
 
 /** SetRequest stores one item. */
@@ -59,17 +149,48 @@ export interface SetRequest {
    * expires. Any TTL works, including ones over memcached's 30-day limit
    * for relative expiry (the server converts them to absolute time).
    */
-  ttlSeconds?: number | undefined;
+  ttlSeconds?:
+    | number
+    | undefined;
+  /** Store only if this holds (default: always). */
+  condition: SetCondition;
+  /**
+   * The CAS token the item must still have (SET_CONDITION_CAS_MATCH only;
+   * ignored otherwise).
+   */
+  cas: number;
 }
 
-/** SetResponse is empty: an OK status means memcached acknowledged the write. */
+/**
+ * SetResponse reports whether the item was stored. An OK status with
+ * stored=true means memcached acknowledged the write.
+ */
 export interface SetResponse {
+  /**
+   * False only when the request's condition did not hold (nothing was
+   * written); an unconditional Set that returns OK always stored.
+   */
+  stored: boolean;
+  /**
+   * The item's new CAS token when stored; 0 otherwise and on
+   * text-protocol shards.
+   */
+  cas: number;
 }
 
 /** DeleteRequest names the key to remove. */
 export interface DeleteRequest {
   /** The key to remove. */
   key: string;
+  /**
+   * Instead of removing the item, mark it stale: it stays readable (Get
+   * answers it with stale=true) for the server's --stale-ttl seconds
+   * (default 30), and the first Get with lease_ttl_seconds after that wins
+   * the lease to refresh it, so readers keep a value while one caller
+   * recomputes it. Delete only: BatchDeleteStream reports a request that
+   * sets it as an INVALID_ARGUMENT error.
+   */
+  invalidate: boolean;
 }
 
 /** DeleteResponse reports whether anything was removed. */
@@ -441,13 +562,19 @@ export interface TouchResponse {
 }
 
 function createBaseGetRequest(): GetRequest {
-  return { key: "" };
+  return { key: "", touchTtlSeconds: undefined, leaseTtlSeconds: undefined };
 }
 
 export const GetRequest: MessageFns<GetRequest> = {
   encode(message: GetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.key !== "") {
       writer.uint32(10).string(message.key);
+    }
+    if (message.touchTtlSeconds !== undefined) {
+      writer.uint32(16).uint32(message.touchTtlSeconds);
+    }
+    if (message.leaseTtlSeconds !== undefined) {
+      writer.uint32(24).uint32(message.leaseTtlSeconds);
     }
     return writer;
   },
@@ -473,6 +600,22 @@ export const GetRequest: MessageFns<GetRequest> = {
             message.key = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.touchTtlSeconds = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.leaseTtlSeconds = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -491,12 +634,14 @@ export const GetRequest: MessageFns<GetRequest> = {
   fromPartial(object: DeepPartial<GetRequest>): GetRequest {
     const message = createBaseGetRequest();
     message.key = object.key ?? "";
+    message.touchTtlSeconds = object.touchTtlSeconds ?? undefined;
+    message.leaseTtlSeconds = object.leaseTtlSeconds ?? undefined;
     return message;
   },
 };
 
 function createBaseGetResponse(): GetResponse {
-  return { found: false, value: Buffer.alloc(0) };
+  return { found: false, value: Buffer.alloc(0), cas: 0, ttlRemainingSeconds: undefined, lease: 0, stale: false };
 }
 
 export const GetResponse: MessageFns<GetResponse> = {
@@ -506,6 +651,18 @@ export const GetResponse: MessageFns<GetResponse> = {
     }
     if (message.value.length !== 0) {
       writer.uint32(18).bytes(message.value);
+    }
+    if (message.cas !== 0) {
+      writer.uint32(24).uint64(message.cas);
+    }
+    if (message.ttlRemainingSeconds !== undefined) {
+      writer.uint32(32).uint32(message.ttlRemainingSeconds);
+    }
+    if (message.lease !== 0) {
+      writer.uint32(40).int32(message.lease);
+    }
+    if (message.stale !== false) {
+      writer.uint32(48).bool(message.stale);
     }
     return writer;
   },
@@ -539,6 +696,38 @@ export const GetResponse: MessageFns<GetResponse> = {
             message.value = Buffer.from(reader.bytes());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.cas = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.ttlRemainingSeconds = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.lease = reader.int32() as any;
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.stale = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -558,12 +747,16 @@ export const GetResponse: MessageFns<GetResponse> = {
     const message = createBaseGetResponse();
     message.found = object.found ?? false;
     message.value = object.value ?? Buffer.alloc(0);
+    message.cas = object.cas ?? 0;
+    message.ttlRemainingSeconds = object.ttlRemainingSeconds ?? undefined;
+    message.lease = object.lease ?? 0;
+    message.stale = object.stale ?? false;
     return message;
   },
 };
 
 function createBaseSetRequest(): SetRequest {
-  return { key: "", value: Buffer.alloc(0), ttlSeconds: undefined };
+  return { key: "", value: Buffer.alloc(0), ttlSeconds: undefined, condition: 0, cas: 0 };
 }
 
 export const SetRequest: MessageFns<SetRequest> = {
@@ -576,6 +769,12 @@ export const SetRequest: MessageFns<SetRequest> = {
     }
     if (message.ttlSeconds !== undefined) {
       writer.uint32(24).uint32(message.ttlSeconds);
+    }
+    if (message.condition !== 0) {
+      writer.uint32(32).int32(message.condition);
+    }
+    if (message.cas !== 0) {
+      writer.uint32(40).uint64(message.cas);
     }
     return writer;
   },
@@ -617,6 +816,22 @@ export const SetRequest: MessageFns<SetRequest> = {
             message.ttlSeconds = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.condition = reader.int32() as any;
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.cas = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -637,16 +852,24 @@ export const SetRequest: MessageFns<SetRequest> = {
     message.key = object.key ?? "";
     message.value = object.value ?? Buffer.alloc(0);
     message.ttlSeconds = object.ttlSeconds ?? undefined;
+    message.condition = object.condition ?? 0;
+    message.cas = object.cas ?? 0;
     return message;
   },
 };
 
 function createBaseSetResponse(): SetResponse {
-  return {};
+  return { stored: false, cas: 0 };
 }
 
 export const SetResponse: MessageFns<SetResponse> = {
-  encode(_: SetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: SetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stored !== false) {
+      writer.uint32(8).bool(message.stored);
+    }
+    if (message.cas !== 0) {
+      writer.uint32(16).uint64(message.cas);
+    }
     return writer;
   },
 
@@ -663,6 +886,22 @@ export const SetResponse: MessageFns<SetResponse> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.stored = reader.bool();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.cas = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -678,20 +917,25 @@ export const SetResponse: MessageFns<SetResponse> = {
   create(base?: DeepPartial<SetResponse>): SetResponse {
     return SetResponse.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<SetResponse>): SetResponse {
+  fromPartial(object: DeepPartial<SetResponse>): SetResponse {
     const message = createBaseSetResponse();
+    message.stored = object.stored ?? false;
+    message.cas = object.cas ?? 0;
     return message;
   },
 };
 
 function createBaseDeleteRequest(): DeleteRequest {
-  return { key: "" };
+  return { key: "", invalidate: false };
 }
 
 export const DeleteRequest: MessageFns<DeleteRequest> = {
   encode(message: DeleteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.key !== "") {
       writer.uint32(10).string(message.key);
+    }
+    if (message.invalidate !== false) {
+      writer.uint32(16).bool(message.invalidate);
     }
     return writer;
   },
@@ -717,6 +961,14 @@ export const DeleteRequest: MessageFns<DeleteRequest> = {
             message.key = reader.string();
             continue;
           }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.invalidate = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -735,6 +987,7 @@ export const DeleteRequest: MessageFns<DeleteRequest> = {
   fromPartial(object: DeepPartial<DeleteRequest>): DeleteRequest {
     const message = createBaseDeleteRequest();
     message.key = object.key ?? "";
+    message.invalidate = object.invalidate ?? false;
     return message;
   },
 };
@@ -2891,9 +3144,11 @@ export const TouchResponse: MessageFns<TouchResponse> = {
  *   UNAUTHENTICATED    tokens are required and the call has none or a wrong one
  *   INTERNAL           memcached answered with an error the server did not expect
  *   NOT_FOUND          Increment: the key does not exist and no initial_value was given
- *   FAILED_PRECONDITION Increment: the stored value is not a decimal number
- *   UNIMPLEMENTED      Increment or Touch on a shard that speaks only memcached's
- *                      text protocol (e.g. twemproxy)
+ *   FAILED_PRECONDITION Increment: the stored value is not a decimal number;
+ *                      in a batch's KeyError: the item's SetCondition did not hold
+ *   UNIMPLEMENTED      Increment, Touch, a conditional Set, an invalidating
+ *                      Delete or a Get with touch or lease options on a shard
+ *                      that speaks only memcached's text protocol (e.g. twemproxy)
  *
  * Error details: every error status the server sends carries a
  * google.rpc.Status in the `grpc-status-details-bin` trailer with
@@ -2935,12 +3190,19 @@ export const TouchResponse: MessageFns<TouchResponse> = {
  *                                              number of at most 20 digits (key)
  *   SHARD_UNSUPPORTED       UNIMPLEMENTED      the key's shard has no meta protocol, which the
  *                                              call needs (shard)
+ *   CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
+ *                                              (KeyError only; a unary Set answers
+ *                                              stored=false)
  * Per-key failures inside a batch or stream response (GetResult.error,
  * KeyError) carry the code and message only.
  */
 export type CacheService = typeof CacheService;
 export const CacheService = {
-  /** Get reads one key. A miss is not an error: found=false. */
+  /**
+   * Get reads one key, with its CAS token and remaining TTL. A miss is not
+   * an error: found=false. It can also touch the key (get-and-touch) and
+   * take a lease against stampedes (GetRequest).
+   */
   get: {
     path: "/memgate.v1.Cache/Get" as const,
     requestStream: false as const,
@@ -2951,8 +3213,9 @@ export const CacheService = {
     responseDeserialize: (value: Buffer): GetResponse => GetResponse.decode(value),
   },
   /**
-   * Set stores a value. It returns OK only after memcached acknowledged
-   * the write (STORED).
+   * Set stores a value, optionally only if a condition holds (absent,
+   * present, CAS match). It returns OK only after memcached answered;
+   * stored=false when the condition did not hold.
    */
   set: {
     path: "/memgate.v1.Cache/Set" as const,
@@ -2963,7 +3226,10 @@ export const CacheService = {
     responseSerialize: (value: SetResponse): Buffer => Buffer.from(SetResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): SetResponse => SetResponse.decode(value),
   },
-  /** Delete removes a key and reports whether it existed. */
+  /**
+   * Delete removes a key and reports whether it existed; with
+   * `invalidate` it marks the item stale instead (DeleteRequest).
+   */
   delete: {
     path: "/memgate.v1.Cache/Delete" as const,
     requestStream: false as const,
@@ -2994,6 +3260,8 @@ export const CacheService = {
    * BatchGet reads many keys with one multi-key `get` per shard. Results
    * come in request order, one per requested key (duplicates included).
    * A failing shard yields per-key errors; other shards' keys still succeed.
+   * An invalidated (stale) item is read as found, with its old value; Get
+   * tells stale values apart.
    */
   batchGet: {
     path: "/memgate.v1.Cache/BatchGet" as const,
@@ -3007,7 +3275,9 @@ export const CacheService = {
   /**
    * BatchSet stores many items. Items that fail are reported in `errors`;
    * the others are stored. An invalid item fails the whole call with
-   * INVALID_ARGUMENT before anything is written.
+   * INVALID_ARGUMENT before anything is written. Items may carry a
+   * SetCondition; one that does not hold is a KeyError with code
+   * FAILED_PRECONDITION (9) and is not counted in `stored`.
    */
   batchSet: {
     path: "/memgate.v1.Cache/BatchSet" as const,
@@ -3143,14 +3413,22 @@ export const CacheService = {
 } as const;
 
 export interface CacheServer extends UntypedServiceImplementation {
-  /** Get reads one key. A miss is not an error: found=false. */
+  /**
+   * Get reads one key, with its CAS token and remaining TTL. A miss is not
+   * an error: found=false. It can also touch the key (get-and-touch) and
+   * take a lease against stampedes (GetRequest).
+   */
   get: handleUnaryCall<GetRequest, GetResponse>;
   /**
-   * Set stores a value. It returns OK only after memcached acknowledged
-   * the write (STORED).
+   * Set stores a value, optionally only if a condition holds (absent,
+   * present, CAS match). It returns OK only after memcached answered;
+   * stored=false when the condition did not hold.
    */
   set: handleUnaryCall<SetRequest, SetResponse>;
-  /** Delete removes a key and reports whether it existed. */
+  /**
+   * Delete removes a key and reports whether it existed; with
+   * `invalidate` it marks the item stale instead (DeleteRequest).
+   */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
   /**
    * List returns keys starting with a prefix, sorted, capped at `limit`.
@@ -3165,12 +3443,16 @@ export interface CacheServer extends UntypedServiceImplementation {
    * BatchGet reads many keys with one multi-key `get` per shard. Results
    * come in request order, one per requested key (duplicates included).
    * A failing shard yields per-key errors; other shards' keys still succeed.
+   * An invalidated (stale) item is read as found, with its old value; Get
+   * tells stale values apart.
    */
   batchGet: handleUnaryCall<BatchGetRequest, BatchGetResponse>;
   /**
    * BatchSet stores many items. Items that fail are reported in `errors`;
    * the others are stored. An invalid item fails the whole call with
-   * INVALID_ARGUMENT before anything is written.
+   * INVALID_ARGUMENT before anything is written. Items may carry a
+   * SetCondition; one that does not hold is a KeyError with code
+   * FAILED_PRECONDITION (9) and is not counted in `stored`.
    */
   batchSet: handleUnaryCall<BatchSetRequest, BatchSetResponse>;
   /** BatchDelete removes many keys; `deleted` counts keys that existed. */
@@ -3234,7 +3516,11 @@ export interface CacheServer extends UntypedServiceImplementation {
 }
 
 export interface CacheClient extends Client {
-  /** Get reads one key. A miss is not an error: found=false. */
+  /**
+   * Get reads one key, with its CAS token and remaining TTL. A miss is not
+   * an error: found=false. It can also touch the key (get-and-touch) and
+   * take a lease against stampedes (GetRequest).
+   */
   get(request: GetRequest, callback: (error: ServiceError | null, response: GetResponse) => void): ClientUnaryCall;
   get(
     request: GetRequest,
@@ -3248,8 +3534,9 @@ export interface CacheClient extends Client {
     callback: (error: ServiceError | null, response: GetResponse) => void,
   ): ClientUnaryCall;
   /**
-   * Set stores a value. It returns OK only after memcached acknowledged
-   * the write (STORED).
+   * Set stores a value, optionally only if a condition holds (absent,
+   * present, CAS match). It returns OK only after memcached answered;
+   * stored=false when the condition did not hold.
    */
   set(request: SetRequest, callback: (error: ServiceError | null, response: SetResponse) => void): ClientUnaryCall;
   set(
@@ -3263,7 +3550,10 @@ export interface CacheClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: SetResponse) => void,
   ): ClientUnaryCall;
-  /** Delete removes a key and reports whether it existed. */
+  /**
+   * Delete removes a key and reports whether it existed; with
+   * `invalidate` it marks the item stale instead (DeleteRequest).
+   */
   delete(
     request: DeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -3303,6 +3593,8 @@ export interface CacheClient extends Client {
    * BatchGet reads many keys with one multi-key `get` per shard. Results
    * come in request order, one per requested key (duplicates included).
    * A failing shard yields per-key errors; other shards' keys still succeed.
+   * An invalidated (stale) item is read as found, with its old value; Get
+   * tells stale values apart.
    */
   batchGet(
     request: BatchGetRequest,
@@ -3322,7 +3614,9 @@ export interface CacheClient extends Client {
   /**
    * BatchSet stores many items. Items that fail are reported in `errors`;
    * the others are stored. An invalid item fails the whole call with
-   * INVALID_ARGUMENT before anything is written.
+   * INVALID_ARGUMENT before anything is written. Items may carry a
+   * SetCondition; one that does not hold is a KeyError with code
+   * FAILED_PRECONDITION (9) and is not counted in `stored`.
    */
   batchSet(
     request: BatchSetRequest,
