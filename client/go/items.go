@@ -184,7 +184,9 @@ func (cond Condition) String() string {
 // SetIf stores value under key if cond holds and reports whether it did,
 // with the item's new CAS token (0 when not stored, and on text-protocol
 // shards). A condition that does not hold is not an error: stored is
-// false and nothing was written. opts are Set's (WithTTL).
+// false and nothing was written. opts are Set's (WithTTL). A condition
+// on a shard that speaks only memcached's text protocol is
+// codes.Unimplemented (reason SHARD_UNSUPPORTED).
 func (c *Client) SetIf(ctx context.Context, key string, value []byte, cond Condition, opts ...SetOption) (stored bool, cas uint64, err error) {
 	ttl, err := ttlSeconds(opts)
 	if err != nil {
@@ -224,6 +226,8 @@ func (c *Client) CompareAndSwap(ctx context.Context, key string, value []byte, c
 // GetItem with WithLeaseTTL wins the lease to refresh it (GetOrFill does
 // that), so readers keep a value while one caller recomputes it. A Set
 // clears the stale state. Get and BatchGet read a stale value as found.
+// A text-protocol-only shard answers codes.Unimplemented (reason
+// SHARD_UNSUPPORTED).
 func (c *Client) Invalidate(ctx context.Context, key string) (existed bool, err error) {
 	ctx, cancel := c.withDefaultTimeout(ctx)
 	defer cancel()
