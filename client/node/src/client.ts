@@ -18,6 +18,7 @@ import {
   type IncrementRequest,
   type KeyError as PbKeyError,
   type KeyLocation,
+  SetCondition,
   type SetRequest,
   type StatsResponse,
 } from "./gen/memgate/v1/cache";
@@ -209,7 +210,7 @@ export class MemgateClient {
 
   /** Removes a key; resolves to whether it existed. */
   async delete(key: string, options?: CallOptions): Promise<boolean> {
-    const req: DeleteRequest = { key: checkKey(key) };
+    const req: DeleteRequest = { key: checkKey(key), invalidate: false };
     const res = await this.unary(this.cache, this.cache.delete, req, options);
     return res.deleted;
   }
@@ -360,7 +361,7 @@ export class MemgateClient {
           cb(err, res && { deleted: res.deleted, errors: res.errors.map(keyError) }),
         ),
       keys,
-      (key) => ({ key: checkKey(key) }),
+      (key) => ({ key: checkKey(key), invalidate: false }),
       options,
     );
   }
@@ -606,7 +607,7 @@ function toBuffer(value: unknown, key: string): Buffer {
 
 function setRequest(key: unknown, value: unknown, ttl: unknown): SetRequest {
   const k = checkKey(key);
-  return { key: k, value: toBuffer(value, k), ttlSeconds: checkTtl(ttl, k) };
+  return { key: k, value: toBuffer(value, k), ttlSeconds: checkTtl(ttl, k), condition: SetCondition.SET_CONDITION_UNSPECIFIED, cas: 0 };
 }
 
 function setItemRequest(item: SetItem, defaultTtl: number | undefined): SetRequest {
