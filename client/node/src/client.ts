@@ -8,6 +8,7 @@ import {
   Metadata,
   type ServiceError,
 } from "@grpc/grpc-js";
+import { setTimeout as sleep } from "node:timers/promises";
 
 import { HealthCheckResponse_ServingStatus, HealthClient } from "./gen/grpc/health/v1/health";
 import {
@@ -153,6 +154,24 @@ export interface DeleteOptions extends CallOptions {
   invalidate?: boolean;
 }
 
+/** Options of {@link MemgateClient.getOrFill}. */
+export interface GetOrFillOptions extends CallOptions {
+  /** TTL of the filled value (absent: the server's --default-ttl; 0: never expires). */
+  ttlSeconds?: number;
+  /** How long the lease (the placeholder) lives, in seconds (default 10). */
+  leaseTtlSeconds?: number;
+  /**
+   * How long to wait, in milliseconds from the call's start, for another
+   * caller's fill before filling anyway (default 5000).
+   */
+  waitMs?: number;
+}
+
+/** Default lease of {@link MemgateClient.getOrFill}, in seconds. */
+export const DEFAULT_LEASE_TTL_SECONDS = 10;
+/** Default wait of {@link MemgateClient.getOrFill} for another caller's fill, in milliseconds. */
+export const DEFAULT_FILL_WAIT_MS = 5_000;
+
 /** Options of {@link MemgateClient.increment}. */
 export interface IncrementOptions extends CallOptions {
   /**
@@ -288,7 +307,8 @@ export class MemgateClient {
    * Reads one key with its metadata: `{ found, value, cas,
    * ttlRemainingSeconds, lease, stale }`. `touchTtlSeconds` also sets a new
    * TTL on a hit (get-and-touch); `leaseTtlSeconds` takes a lease on a miss
-   * or a stale item (see {@link GetItemOptions}).
+   * or a stale item (see {@link GetItemOptions}, and {@link getOrFill},
+   * which does the whole dance).
    */
   async getItem(key: string, options: GetItemOptions = {}): Promise<GetItemResult> {
     const k = checkKey(key);
@@ -369,6 +389,70 @@ export class MemgateClient {
     const req: DeleteRequest = { key: k, invalidate: options.invalidate ?? false };
     const res = await this.unary(this.cache, this.cache.delete, req, options);
     return res.deleted;
+  }
+
+  /**
+   * Reads `key`, computing and storing it with `fill` on a miss, with
+   * stampede protection: of many concurrent callers (across every memgate
+   * replica) only the one that wins the lease calls `fill`; the others wait
+   * for its value (a jittered backoff, 5 ms doubling to 100 ms) for up to
+   * `waitMs`, then fill themselves. A stale value (after a delete with
+   * `invalidate`) is returned at once, except to the one caller that wins
+   * the lease, which refreshes it.
+   *
+   * Resolves to the value's bytes. If `fill` throws (or rejects) after this
+   * caller won the lease, the lease is released (the placeholder deleted,
+   * so the next caller can win at once) and the error is rethrown
+   * unchanged. Errors of the underlying get and set calls propagate as
+   * MemgateErrors. `timeoutMs` applies to each call, not to the whole.
+   */
+  async getOrFill(key: string, fill: () => Value | PromiseLike<Value>, options: GetOrFillOptions = {}): Promise<Buffer> {
+    const started = Date.now();
+    const k = checkKey(key);
+    if (typeof fill !== "function") throw invalidArgument(`fill must be a function, not ${describe(fill)}`);
+    const ttlSeconds = checkTtl(options.ttlSeconds, k);
+    const leaseTtlSeconds = options.leaseTtlSeconds ?? DEFAULT_LEASE_TTL_SECONDS;
+    if (!isUint32(leaseTtlSeconds) || leaseTtlSeconds === 0) {
+      throw invalidArgument(`leaseTtlSeconds for key ${JSON.stringify(k)} must be an integer from 1 to ${UINT32_MAX}, not ${String(leaseTtlSeconds)}`);
+    }
+    const waitMs = options.waitMs ?? DEFAULT_FILL_WAIT_MS;
+    if (typeof waitMs !== "number" || !(waitMs >= 0)) {
+      throw invalidArgument(`waitMs must be a non-negative number of milliseconds, not ${String(waitMs)}`);
+    }
+    const call: CallOptions = options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs };
+
+    const fillAndSet = async (): Promise<Buffer> => {
+      const value = toBuffer(await fill(), k);
+      await this.set(k, value, { ...call, ttlSeconds });
+      return value;
+    };
+
+    let backoffMs = FILL_BACKOFF_START_MS;
+    for (;;) {
+      const r = await this.getItem(k, { ...call, leaseTtlSeconds });
+      if (r.found) {
+        // A fresh value; or a stale one, refreshed by the lease's winner only.
+        if (r.stale && r.lease === "won") return fillAndSet();
+        return r.value as Buffer;
+      }
+      if (r.lease === "won") {
+        let value: Buffer;
+        try {
+          value = toBuffer(await fill(), k);
+        } catch (err) {
+          // Release the lease so that another caller can win it at once.
+          await this.delete(k, call).catch(() => {});
+          throw err;
+        }
+        await this.set(k, value, { ...call, ttlSeconds });
+        return value;
+      }
+      if (r.lease !== "held") return fillAndSet(); // no lease (should not happen)
+      const remaining = started + waitMs - Date.now();
+      if (remaining <= 0) return fillAndSet(); // waited long enough for the winner
+      await sleep(Math.min(backoffMs * (0.5 + Math.random()), remaining));
+      backoffMs = Math.min(backoffMs * 2, FILL_BACKOFF_MAX_MS);
+    }
   }
 
   /**
@@ -719,6 +803,8 @@ function drained(call: NodeJS.EventEmitter): Promise<void> {
 }
 
 const UINT32_MAX = 0xffff_ffff;
+const FILL_BACKOFF_START_MS = 5;
+const FILL_BACKOFF_MAX_MS = 100;
 
 function leaseName(lease: LeaseState): Lease {
   switch (lease) {

@@ -11,6 +11,8 @@
  * ```
  */
 export {
+  DEFAULT_FILL_WAIT_MS,
+  DEFAULT_LEASE_TTL_SECONDS,
   DEFAULT_TIMEOUT_MS,
   MAX_MESSAGE_BYTES,
   MemgateClient,
@@ -19,6 +21,7 @@ export {
   type DeleteStreamResult,
   type GetItemOptions,
   type GetItemResult,
+  type GetOrFillOptions,
   type GetStreamResult,
   type IncrementOptions,
   type KeyLocation,
