@@ -357,7 +357,8 @@ export class MemgateClient {
   /**
    * Compare-and-swap: stores the value only if the item's CAS token is
    * still `cas` (from {@link getItem}, or a previous set's result). A
-   * missing key never matches. Resolves to `{ stored, cas }`, `cas` being
+   * missing key never matches, nor does token 0 (what getItem reports on a
+   * miss). Resolves to `{ stored, cas }`, `cas` being
    * the new token when stored.
    */
   async cas(key: string, value: Value, cas: number, options: SetOptions = {}): Promise<SetResult> {
@@ -826,9 +827,9 @@ function checkUint32(n: unknown, what: string, key: string): number | undefined 
 }
 
 function checkCas(cas: unknown, key: string): number {
-  if (!(typeof cas === "number" && Number.isSafeInteger(cas) && cas > 0)) {
+  if (!(typeof cas === "number" && Number.isSafeInteger(cas) && cas >= 0)) {
     throw invalidArgument(
-      `the CAS token for key ${JSON.stringify(key)} must be an integer from 1 to ${Number.MAX_SAFE_INTEGER} (from getItem or a set), not ${String(cas)}`,
+      `the CAS token for key ${JSON.stringify(key)} must be an integer from 0 to ${Number.MAX_SAFE_INTEGER} (from getItem or a set), not ${String(cas)}`,
     );
   }
   return cas;
