@@ -52,6 +52,15 @@ macro_rules! contract {
             #[tokio::test(flavor = "multi_thread")] async fn increment_creates_with_initial_value_and_ttl() { check_increment_create(&$setup.mg).await }
             #[tokio::test(flavor = "multi_thread")] async fn increment_of_text_fails_and_the_next_call_works() { check_increment_non_numeric(&$setup.mg).await }
             #[tokio::test(flavor = "multi_thread")] async fn touch() { check_touch(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn set_conditions() { check_conditions(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn cas_race_has_one_winner() { check_cas_race(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn get_reports_cas_and_ttl() { check_get_metadata(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn get_and_touch() { check_get_and_touch(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn leases() { check_leases(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn one_lease_among_concurrent_misses() { check_lease_race(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn invalidation_serves_stale() { check_invalidation(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn batch_conditions_per_key() { check_batch_conditions(&$setup.mg).await }
+            #[tokio::test(flavor = "multi_thread")] async fn option_rules() { check_option_rules(&$setup.mg).await }
         }
     )+};
 }
@@ -628,4 +637,419 @@ async fn check_touch(mg: &Memgate) {
     assert!(c.touch(&key, Duration::ZERO).await.unwrap());
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(c.get(&key).await.unwrap().as_deref(), Some(&b"stays"[..]));
+}
+
+// The extended API. These tests drive memgate through the raw generated
+// stub (an independent gRPC client), not the Rust client's wrappers.
+
+fn set_req(key: &str, value: &str, condition: pb::SetCondition, cas: u64) -> pb::SetRequest {
+    pb::SetRequest {
+        key: key.into(),
+        value: value.to_owned().into(),
+        ttl_seconds: Some(0),
+        condition: condition as i32,
+        cas,
+    }
+}
+
+async fn set_if(
+    mg: &Memgate,
+    key: &str,
+    value: &str,
+    cond: pb::SetCondition,
+    cas: u64,
+) -> pb::SetResponse {
+    let mut raw = mg.raw.clone();
+    raw.set(set_req(key, value, cond, cas))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn get_with(
+    mg: &Memgate,
+    key: &str,
+    touch: Option<u32>,
+    lease: Option<u32>,
+) -> pb::GetResponse {
+    let mut raw = mg.raw.clone();
+    raw.get(pb::GetRequest {
+        key: key.into(),
+        touch_ttl_seconds: touch,
+        lease_ttl_seconds: lease,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
+async fn invalidate(mg: &Memgate, key: &str) -> bool {
+    let mut raw = mg.raw.clone();
+    raw.delete(pb::DeleteRequest {
+        key: key.into(),
+        invalidate: true,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .deleted
+}
+
+async fn check_conditions(mg: &Memgate) {
+    use pb::SetCondition::{Absent, CasMatch, Present};
+    let key = unique("cond");
+    // PRESENT on a missing key: nothing written.
+    assert!(!set_if(mg, &key, "r", Present, 0).await.stored);
+    assert!(!get_with(mg, &key, None, None).await.found);
+    // ABSENT on a missing key: stored, with a token; again: refused.
+    let added = set_if(mg, &key, "a", Absent, 0).await;
+    assert!(added.stored && added.cas != 0, "{added:?}");
+    let refused = set_if(mg, &key, "b", Absent, 0).await;
+    assert_eq!(
+        refused,
+        pb::SetResponse {
+            stored: false,
+            cas: 0
+        }
+    );
+    let got = get_with(mg, &key, None, None).await;
+    assert_eq!((got.value.as_ref(), got.cas), (&b"a"[..], added.cas));
+    // PRESENT on an existing key: stored.
+    let replaced = set_if(mg, &key, "r", Present, 0).await;
+    assert!(replaced.stored && replaced.cas != added.cas, "{replaced:?}");
+    // CAS_MATCH: an old token is refused, the current one stores.
+    assert!(!set_if(mg, &key, "old", CasMatch, added.cas).await.stored);
+    assert!(!set_if(mg, &key, "zero", CasMatch, 0).await.stored);
+    let swapped = set_if(mg, &key, "swapped", CasMatch, replaced.cas).await;
+    assert!(swapped.stored && swapped.cas != replaced.cas, "{swapped:?}");
+    let got = get_with(mg, &key, None, None).await;
+    assert_eq!(
+        (got.value.as_ref(), got.cas),
+        (&b"swapped"[..], swapped.cas)
+    );
+    // An unconditional Set stores and reports its token.
+    let set = set_if(mg, &key, "plain", pb::SetCondition::Unspecified, 0).await;
+    assert!(
+        set.stored && set.cas != 0 && set.cas != swapped.cas,
+        "{set:?}"
+    );
+    // CAS_MATCH on a missing key never matches.
+    let missing = unique("cond-missing");
+    assert!(!set_if(mg, &missing, "x", CasMatch, set.cas).await.stored);
+    assert!(!get_with(mg, &missing, None, None).await.found);
+}
+
+async fn check_cas_race(mg: &Memgate) {
+    let key = unique("race");
+    let first = set_if(mg, &key, "start", pb::SetCondition::Unspecified, 0).await;
+    let token = get_with(mg, &key, None, None).await.cas;
+    assert_eq!(token, first.cas);
+    let key = &key;
+    let writers = (0..10).map(|i| async move {
+        let value = format!("writer-{i}");
+        (
+            value.clone(),
+            set_if(mg, key, &value, pb::SetCondition::CasMatch, token).await,
+        )
+    });
+    let outcomes = futures::future::join_all(writers).await;
+    let winners: Vec<_> = outcomes.iter().filter(|(_, r)| r.stored).collect();
+    assert_eq!(winners.len(), 1, "{outcomes:?}");
+    let got = get_with(mg, &key, None, None).await;
+    assert_eq!(got.value.as_ref(), winners[0].0.as_bytes());
+    assert_eq!(got.cas, winners[0].1.cas);
+}
+
+async fn check_get_metadata(mg: &Memgate) {
+    let c = &mg.client;
+    let key = unique("meta");
+    let miss = get_with(mg, &key, None, None).await;
+    assert_eq!(miss, pb::GetResponse::default(), "a miss carries nothing");
+    c.set(&key, "v", Some(Duration::from_secs(100)))
+        .await
+        .unwrap();
+    let got = get_with(mg, &key, None, None).await;
+    assert!(got.found && got.cas != 0 && !got.stale, "{got:?}");
+    assert_eq!(got.lease, pb::LeaseState::Unspecified as i32);
+    let ttl = got.ttl_remaining_seconds.expect("a TTL");
+    assert!((98..=100).contains(&ttl), "ttl {ttl} of a 100 s item");
+    c.set(&key, "v", Some(Duration::ZERO)).await.unwrap();
+    let got = get_with(mg, &key, None, None).await;
+    assert_eq!(got.ttl_remaining_seconds, None, "never expires");
+}
+
+async fn check_get_and_touch(mg: &Memgate) {
+    let c = &mg.client;
+    let key = unique("gat");
+    // A miss touches nothing and creates nothing.
+    assert!(!get_with(mg, &key, Some(60), None).await.found);
+    assert!(!get_with(mg, &key, None, None).await.found);
+    c.set(&key, "v", Some(Duration::ZERO)).await.unwrap();
+    let got = get_with(mg, &key, Some(300), None).await;
+    assert_eq!(got.value.as_ref(), b"v");
+    let ttl = got.ttl_remaining_seconds.expect("the new TTL");
+    assert!(
+        (298..=300).contains(&ttl),
+        "ttl {ttl} after touching to 300 s"
+    );
+    let ttl = get_with(mg, &key, None, None).await.ttl_remaining_seconds;
+    assert!(
+        ttl.is_some_and(|t| (298..=300).contains(&t)),
+        "read back: {ttl:?}"
+    );
+    // Touched to 1 second: it expires.
+    assert!(get_with(mg, &key, Some(1), None).await.found);
+    let gone = eventually(Duration::from_secs(5), || async {
+        !get_with(mg, &key, None, None).await.found
+    })
+    .await;
+    assert!(gone, "get-and-touched to 1 s, still there after 5 s");
+}
+
+async fn check_leases(mg: &Memgate) {
+    use pb::LeaseState::{Held, Unspecified, Won};
+    let key = unique("lease");
+    let won = get_with(mg, &key, None, Some(30)).await;
+    assert!(!won.found && won.value.is_empty() && !won.stale, "{won:?}");
+    assert_eq!(won.lease, Won as i32);
+    assert_ne!(won.cas, 0, "the placeholder's token");
+    let held = get_with(mg, &key, None, Some(30)).await;
+    assert!(!held.found, "{held:?}");
+    assert_eq!(held.lease, Held as i32);
+    // The placeholder is no value to a plain Get, but it exists for add.
+    assert_eq!(
+        get_with(mg, &key, None, None).await,
+        pb::GetResponse::default()
+    );
+    assert!(
+        !set_if(mg, &key, "late", pb::SetCondition::Absent, 0)
+            .await
+            .stored
+    );
+    // The winner fills it (here with CAS_MATCH on the placeholder's token).
+    let filled = set_if(mg, &key, "filled", pb::SetCondition::CasMatch, won.cas).await;
+    assert!(filled.stored, "{filled:?}");
+    let got = get_with(mg, &key, None, Some(30)).await;
+    assert_eq!(got.value.as_ref(), b"filled");
+    assert_eq!(
+        (got.found, got.lease, got.stale),
+        (true, Unspecified as i32, false)
+    );
+
+    // A placeholder nobody fills expires with its lease, and the next
+    // reader wins again.
+    let key = unique("lease-expiry");
+    assert_eq!(get_with(mg, &key, None, Some(1)).await.lease, Won as i32);
+    let again = eventually(Duration::from_secs(5), || async {
+        get_with(mg, &key, None, Some(1)).await.lease == Won as i32
+    })
+    .await;
+    assert!(again, "a 1 s lease still held after 5 s");
+}
+
+async fn check_lease_race(mg: &Memgate) {
+    let key = unique("lease-race");
+    let readers = (0..20).map(|_| get_with(mg, &key, None, Some(30)));
+    let replies = futures::future::join_all(readers).await;
+    let won = replies
+        .iter()
+        .filter(|r| r.lease == pb::LeaseState::Won as i32)
+        .count();
+    let held = replies
+        .iter()
+        .filter(|r| r.lease == pb::LeaseState::Held as i32)
+        .count();
+    assert_eq!((won, held), (1, 19), "{replies:?}");
+    assert!(replies.iter().all(|r| !r.found));
+}
+
+async fn check_invalidation(mg: &Memgate) {
+    use pb::LeaseState::{Held, Unspecified, Won};
+    let c = &mg.client;
+    assert!(
+        !invalidate(mg, &unique("inv-missing")).await,
+        "nothing to invalidate"
+    );
+    let key = unique("inv");
+    c.set(&key, "old", Some(Duration::ZERO)).await.unwrap();
+    assert!(invalidate(mg, &key).await);
+    // Plain reads see the old value, marked stale, and take no lease
+    // (memcached hands one to any reader; memgate gives it back).
+    for _ in 0..3 {
+        let got = get_with(mg, &key, None, None).await;
+        assert_eq!(
+            (got.found, got.stale, got.lease),
+            (true, true, Unspecified as i32),
+            "{got:?}"
+        );
+        assert_eq!(got.value.as_ref(), b"old");
+        let ttl = got.ttl_remaining_seconds.expect("stale items expire");
+        assert!(
+            (1..=30).contains(&ttl),
+            "stale for --stale-ttl (30 s): {ttl}"
+        );
+    }
+    // The first reader with a lease refreshes; the others keep the value.
+    let first = get_with(mg, &key, None, Some(10)).await;
+    assert_eq!(
+        (first.found, first.stale, first.lease),
+        (true, true, Won as i32),
+        "{first:?}"
+    );
+    assert_eq!(first.value.as_ref(), b"old");
+    let second = get_with(mg, &key, None, Some(10)).await;
+    assert_eq!(
+        (second.found, second.stale, second.lease),
+        (true, true, Held as i32),
+        "{second:?}"
+    );
+    assert_eq!(second.value.as_ref(), b"old");
+    // The refresh clears the stale state.
+    c.set(&key, "new", Some(Duration::ZERO)).await.unwrap();
+    let got = get_with(mg, &key, None, Some(10)).await;
+    assert_eq!(
+        (got.found, got.stale, got.lease),
+        (true, false, Unspecified as i32),
+        "{got:?}"
+    );
+    assert_eq!(got.value.as_ref(), b"new");
+    assert_eq!(got.ttl_remaining_seconds, None);
+    // BatchGet reads a stale item as found.
+    assert!(invalidate(mg, &key).await);
+    let batch = c.get_many(vec![key.clone()]).await.unwrap();
+    assert_eq!(batch[0].value.as_deref(), Some(&b"new"[..]), "{batch:?}");
+    assert_eq!(
+        get_with(mg, &key, None, Some(10)).await.lease,
+        Won as i32,
+        "the batch read took no lease"
+    );
+}
+
+async fn check_batch_conditions(mg: &Memgate) {
+    use pb::SetCondition::{Absent, CasMatch, Present};
+    let taken = unique("bc-taken");
+    let fresh = unique("bc-fresh");
+    let missing = unique("bc-missing");
+    let swap = unique("bc-swap");
+    mg.client.set(&taken, "t", None).await.unwrap();
+    let token = set_if(mg, &swap, "s", pb::SetCondition::Unspecified, 0)
+        .await
+        .cas;
+    let items = vec![
+        set_req(&taken, "x", Absent, 0),
+        set_req(&fresh, "x", Absent, 0),
+        set_req(&missing, "x", Present, 0),
+        set_req(&swap, "x", CasMatch, token + 1000),
+    ];
+    let mut raw = mg.raw.clone();
+    let resp = raw
+        .batch_set(pb::BatchSetRequest {
+            items: items.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.stored, 1, "{resp:?}");
+    let mut failed: Vec<(&str, i32)> = resp
+        .errors
+        .iter()
+        .map(|e| (e.key.as_str(), e.code))
+        .collect();
+    failed.sort();
+    let mut want = vec![
+        (taken.as_str(), 9),
+        (missing.as_str(), 9),
+        (swap.as_str(), 9),
+    ];
+    want.sort();
+    assert_eq!(failed, want, "{resp:?}");
+    assert!(
+        resp.errors.iter().all(|e| e.message.contains("not stored")),
+        "{resp:?}"
+    );
+    assert_eq!(get_with(mg, &taken, None, None).await.value.as_ref(), b"t");
+    assert_eq!(get_with(mg, &fresh, None, None).await.value.as_ref(), b"x");
+    assert!(!get_with(mg, &missing, None, None).await.found);
+    assert_eq!(get_with(mg, &swap, None, None).await.value.as_ref(), b"s");
+
+    // The stream reports the same per item.
+    let streamed = raw
+        .batch_set_stream(futures::stream::iter(items))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(streamed.stored, 0, "fresh exists now: {streamed:?}");
+    assert_eq!(streamed.errors.len(), 4, "{streamed:?}");
+    assert!(streamed.errors.iter().all(|e| e.code == 9), "{streamed:?}");
+}
+
+async fn check_option_rules(mg: &Memgate) {
+    let mut raw = mg.raw.clone();
+    let key = unique("rules");
+    let err = raw
+        .get(pb::GetRequest {
+            key: key.clone(),
+            lease_ttl_seconds: Some(0),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("lease_ttl_seconds"), "{err:?}");
+    let err = raw
+        .set(pb::SetRequest {
+            key: key.clone(),
+            condition: 7,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("condition"), "{err:?}");
+
+    // Streams read and delete plainly: options are refused per key.
+    let requests = vec![
+        pb::GetRequest {
+            key: key.clone(),
+            lease_ttl_seconds: Some(5),
+            ..Default::default()
+        },
+        pb::GetRequest {
+            key: key.clone(),
+            ..Default::default()
+        },
+    ];
+    let results: Vec<pb::GetResult> = raw
+        .batch_get_stream(futures::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|r| r.unwrap())
+        .collect()
+        .await;
+    assert_eq!(results.len(), 2);
+    assert_eq!(
+        results[0].error_code,
+        Code::InvalidArgument as i32,
+        "{results:?}"
+    );
+    assert!(
+        results[0].error.contains("lease_ttl_seconds"),
+        "{results:?}"
+    );
+    assert_eq!(results[1].error_code, 0, "{results:?}");
+    assert!(
+        !get_with(mg, &key, None, None).await.found,
+        "the refused lease created no placeholder"
+    );
+    let deleted = raw
+        .batch_delete_stream(futures::stream::iter(vec![pb::DeleteRequest {
+            key,
+            invalidate: true,
+        }]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(deleted.errors.len(), 1, "{deleted:?}");
+    assert_eq!(deleted.errors[0].code, Code::InvalidArgument as i32);
 }

@@ -194,7 +194,7 @@ impl EmbeddedStore {
                     let placeholder = Entry {
                         value: Bytes::new(),
                         // memcached applies the touch after creating it.
-                        expires_at: Self::expiry(opts.touch.unwrap_or(lease)),
+                        expires_at: Self::expiry_from(opts.touch.unwrap_or(lease), now),
                         cas: self.next_cas(),
                         state: State::Placeholder,
                     };
@@ -208,7 +208,7 @@ impl EmbeddedStore {
                 }
             };
             if let Some(ttl) = opts.touch {
-                entry.expires_at = Self::expiry(ttl);
+                entry.expires_at = Self::expiry_from(ttl, now);
             }
             found = entry.found(now);
             if opts.lease.is_some() {
@@ -290,7 +290,13 @@ impl EmbeddedStore {
 
     /// When an item written now with `ttl` expires.
     fn expiry(ttl: Ttl) -> Option<Instant> {
-        ttl.as_duration().map(|d| Instant::now() + d)
+        Self::expiry_from(ttl, Instant::now())
+    }
+
+    /// When an item written at `now` with `ttl` expires (one clock reading
+    /// for the write and the TTL it reports).
+    fn expiry_from(ttl: Ttl, now: Instant) -> Option<Instant> {
+        ttl.as_duration().map(|d| now + d)
     }
 
     /// One counter change, atomic per key (moka runs one compute per key
