@@ -142,6 +142,48 @@ async fn text_protocol_shards_answer_unimplemented() {
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
     let details = tonic_types::StatusExt::get_error_details(&err);
     assert_eq!(details.error_info().unwrap().reason, "SHARD_UNSUPPORTED");
+    // The extended API's meta-only calls: a conditional Set, an
+    // invalidating Delete, a Get with a lease or a touch.
+    let mut raw = mg.raw.clone();
+    let conditional = raw.set(pb::SetRequest {
+        key: key.clone(),
+        value: "2".into(),
+        condition: pb::SetCondition::Absent as i32,
+        ..Default::default()
+    });
+    let err = conditional.await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    let mut raw = mg.raw.clone();
+    let invalidate = raw.delete(pb::DeleteRequest {
+        key: key.clone(),
+        invalidate: true,
+    });
+    let err = invalidate.await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    for (touch, lease) in [(Some(60), None), (None, Some(10))] {
+        let mut raw = mg.raw.clone();
+        let get = raw.get(pb::GetRequest {
+            key: key.clone(),
+            touch_ttl_seconds: touch,
+            lease_ttl_seconds: lease,
+        });
+        let err = get.await.unwrap_err();
+        assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    }
+    // A plain Get works, without a CAS token or TTL (text `get` has none).
+    let mut raw = mg.raw.clone();
+    let got = raw
+        .get(pb::GetRequest {
+            key: key.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (got.found, got.cas, got.ttl_remaining_seconds),
+        (true, 0, None)
+    );
     // Nothing was changed, and the shard still serves.
     assert_eq!(
         mg.client.get(&key).await.unwrap().as_deref(),
