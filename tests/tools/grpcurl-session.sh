@@ -23,7 +23,7 @@ ok "grpcurl describe memgate.v1.Cache shows all fourteen RPCs"
 
 key="readme-$$-$RANDOM"
 out=$(grpcurl -plaintext -d "{\"key\": \"$key\", \"value\": \"aGVsbG8gd29ybGQ=\", \"ttl_seconds\": 300}" "$t" memgate.v1.Cache/Set)
-[ "$(tr -d ' \n' <<<"$out")" = "{}" ] || fail "Set answered $out"
+grep -q '"stored": true' <<<"$out" || fail "Set answered $out"
 out=$(grpcurl -plaintext -d "{\"key\": \"$key\"}" "$t" memgate.v1.Cache/Get)
 grep -q '"found": true' <<<"$out" && grep -q '"value": "aGVsbG8gd29ybGQ="' <<<"$out" || fail "Get answered $out"
 ok "grpcurl Set then Get round-trips a base64 value"
@@ -62,6 +62,33 @@ set -e
 [ "$code" -ne 0 ] && grep -q "FailedPrecondition" <<<"$out" && grep -q '"reason": "NOT_A_NUMBER"' <<<"$out" ||
   fail "Increment of text gave exit $code: $out"
 ok "grpcurl Increment creates, decrements, refuses text (NOT_A_NUMBER); Touch finds the counter"
+
+# Conditional writes with CAS, leases and invalidation, as the README shows.
+k="readme-cas-$$-$RANDOM"
+out=$(grpcurl -plaintext -d "{\"key\": \"$k\", \"value\": \"djE=\", \"condition\": \"SET_CONDITION_ABSENT\"}" "$t" memgate.v1.Cache/Set)
+grep -q '"stored": true' <<<"$out" || fail "Set ABSENT on a new key answered $out"
+out=$(grpcurl -plaintext -d "{\"key\": \"$k\", \"value\": \"djI=\", \"condition\": \"SET_CONDITION_ABSENT\"}" "$t" memgate.v1.Cache/Set)
+grep -q '"stored"' <<<"$out" && fail "Set ABSENT on an existing key answered $out"
+cas=$(grpcurl -plaintext -d "{\"key\": \"$k\"}" "$t" memgate.v1.Cache/Get | sed -n 's/.*"cas": "\([0-9]*\)".*/\1/p')
+[ -n "$cas" ] || fail "Get gave no cas"
+out=$(grpcurl -plaintext -d "{\"key\": \"$k\", \"value\": \"djM=\", \"condition\": \"SET_CONDITION_CAS_MATCH\", \"cas\": \"$cas\"}" "$t" memgate.v1.Cache/Set)
+grep -q '"stored": true' <<<"$out" || fail "Set CAS_MATCH with the current token answered $out"
+out=$(grpcurl -plaintext -d "{\"key\": \"$k\", \"value\": \"djQ=\", \"condition\": \"SET_CONDITION_CAS_MATCH\", \"cas\": \"$cas\"}" "$t" memgate.v1.Cache/Set)
+grep -q '"stored"' <<<"$out" && fail "Set CAS_MATCH with a used token answered $out"
+ok "grpcurl Set ABSENT stores once; CAS_MATCH stores with the current token only"
+
+lk="readme-lease-$$-$RANDOM"
+out=$(grpcurl -plaintext -d "{\"key\": \"$lk\", \"lease_ttl_seconds\": 30}" "$t" memgate.v1.Cache/Get)
+grep -q '"lease": "LEASE_STATE_WON"' <<<"$out" || fail "first leased Get answered $out"
+out=$(grpcurl -plaintext -d "{\"key\": \"$lk\", \"lease_ttl_seconds\": 30}" "$t" memgate.v1.Cache/Get)
+grep -q '"lease": "LEASE_STATE_HELD"' <<<"$out" || fail "second leased Get answered $out"
+grpcurl -plaintext -d "{\"key\": \"$lk\", \"value\": \"ZmlsbGVk\"}" "$t" memgate.v1.Cache/Set >/dev/null
+out=$(grpcurl -plaintext -d "{\"key\": \"$lk\", \"invalidate\": true}" "$t" memgate.v1.Cache/Delete)
+grep -q '"deleted": true' <<<"$out" || fail "invalidating Delete answered $out"
+out=$(grpcurl -plaintext -d "{\"key\": \"$lk\", \"lease_ttl_seconds\": 30}" "$t" memgate.v1.Cache/Get)
+grep -q '"stale": true' <<<"$out" && grep -q '"lease": "LEASE_STATE_WON"' <<<"$out" \
+  && grep -q '"value": "ZmlsbGVk"' <<<"$out" || fail "leased Get of a stale item answered $out"
+ok "grpcurl leases: one WON then HELD; after an invalidating Delete the stale value comes with the lease"
 
 set +e
 out=$(grpcurl -plaintext -d '{"key": "bad key"}' "$t" memgate.v1.Cache/Get 2>&1); code=$?
