@@ -208,6 +208,12 @@ pub struct CacheMetrics {
     pub deduplicated_reads: Counter,
     /// Keys List skipped (not UTF-8).
     pub list_keys_skipped: Counter,
+    /// Gets with a lease that were told to refill the key.
+    pub leases_won: Counter,
+    /// Gets with a lease that were told another caller refills it.
+    pub leases_held: Counter,
+    /// Gets answered with an invalidated (stale) value.
+    pub stale_reads: Counter,
     /// Reads sent to a key's previous server after a pool change.
     pub rebalance_fallback_reads: Counter,
     /// Fallback reads that found the key.
@@ -534,6 +540,12 @@ impl Metrics {
             misses: Counter(Some(miss.with_label_values(&[method]))),
         };
         let keys = |method: &str| Histogram(Some(batch_keys.with_label_values(&[method])));
+        let leases = counter_vec(
+            &families.registry,
+            "memgate_leases_total",
+            "Gets with lease_ttl_seconds that missed or found a stale value, by outcome: won (this caller refills it) or held (another caller does).",
+            &["outcome"],
+        );
         let cache = CacheMetrics {
             get: hm("Get"),
             batch_get: hm("BatchGet"),
@@ -549,6 +561,12 @@ impl Metrics {
             list_keys_skipped: cache_counter(
                 "memgate_list_keys_skipped_total",
                 "Keys List skipped because they are not UTF-8 (written by another client).",
+            ),
+            leases_won: Counter(Some(leases.with_label_values(&["won"]))),
+            leases_held: Counter(Some(leases.with_label_values(&["held"]))),
+            stale_reads: cache_counter(
+                "memgate_stale_reads_total",
+                "Gets answered with an invalidated (stale) value while it is refreshed.",
             ),
             rebalance_fallback_reads: cache_counter(
                 "memgate_rebalance_fallback_reads_total",

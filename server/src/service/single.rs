@@ -15,7 +15,16 @@ impl<S: Store> CacheService<S> {
         // Held until the response is built; the value is charged to it.
         let budget = self.reservation();
         let found = self.store.get(&key, opts, &budget).await?;
-        self.metrics.cache.get.record(found.value.is_some());
+        let cache = &self.metrics.cache;
+        cache.get.record(found.value.is_some());
+        match found.lease {
+            Lease::None => {}
+            Lease::Won => cache.leases_won.inc(),
+            Lease::Held => cache.leases_held.inc(),
+        }
+        if found.stale {
+            cache.stale_reads.inc();
+        }
         Ok(pb::GetResponse {
             found: found.value.is_some(),
             value: found.value.unwrap_or_default(),

@@ -211,6 +211,7 @@ impl EmbeddedStore {
                 entry.expires_at = Self::expiry_from(ttl, now);
             }
             found = entry.found(now);
+            let mut changed = opts.touch.is_some();
             if opts.lease.is_some() {
                 match entry.state {
                     State::Fresh => {}
@@ -225,11 +226,15 @@ impl EmbeddedStore {
                     State::Stale { won: false } => {
                         entry.state = State::Stale { won: true };
                         found.lease = Lease::Won;
+                        changed = true;
                     }
                     State::Stale { won: true } => found.lease = Lease::Held,
                 }
             }
-            Op::Put(entry)
+            match changed {
+                true => Op::Put(entry),
+                false => Op::Nop,
+            }
         });
         self.count_read(found.value.is_some());
         found
@@ -244,10 +249,10 @@ impl EmbeddedStore {
             cas,
             state: State::Fresh,
         };
-        if item.condition == Condition::Always {
-            self.cache.insert(item.key, entry);
-            return Ok(cas);
-        }
+        // Every write goes through the key's compute, never `insert`: moka
+        // runs one compute per key at a time but does not order `insert`
+        // with them, so a lease read computing from the old entry could
+        // put it back over this write.
         let mut outcome = Ok(cas);
         self.cache.entry(item.key.clone()).and_compute_with(|e| {
             let current = e.map(|e| e.into_value()).filter(|e| e.live(Instant::now()));
@@ -360,10 +365,18 @@ impl EmbeddedStore {
         found
     }
 
+    /// Removes `key` (through its compute, as [`Self::write`] explains);
+    /// true if it was live.
     fn remove(&self, key: &Key) -> bool {
-        self.cache
-            .remove(key)
-            .is_some_and(|e| e.live(Instant::now()))
+        let mut found = false;
+        self.cache.entry(key.clone()).and_compute_with(|e| match e {
+            Some(e) => {
+                found = e.into_value().live(Instant::now());
+                Op::Remove
+            }
+            None => Op::Nop,
+        });
+        found
     }
 }
 
