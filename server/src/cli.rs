@@ -98,6 +98,12 @@ pub struct Flags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub default_ttl: Option<u32>,
 
+    /// Seconds an item marked stale by an invalidating Delete stays
+    /// readable (as stale) while one caller refreshes it.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stale_ttl: Option<u32>,
+
     /// Largest value accepted, in bytes. A shard whose item_size_max is
     /// smaller lowers it further for its keys.
     #[arg(long)]

@@ -29,6 +29,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(5);
 /// Default TTL for Sets that give none: never expires.
 pub const DEFAULT_TTL: u32 = 0;
+/// Seconds an invalidated item stays readable as stale (--stale-ttl).
+pub const DEFAULT_STALE_TTL: u32 = 30;
 /// Default largest value: 1 MiB (a memcached shard's own limit may be lower).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// Default largest batch.
@@ -95,6 +97,7 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dns_server: Option<String>,
     pub default_ttl: u32,
+    pub stale_ttl: u32,
     pub max_value_bytes: usize,
     pub max_batch_keys: usize,
     pub max_message_bytes: usize,
@@ -157,6 +160,7 @@ impl Default for Settings {
             discovery_interval: DEFAULT_DISCOVERY_INTERVAL,
             dns_server: None,
             default_ttl: DEFAULT_TTL,
+            stale_ttl: DEFAULT_STALE_TTL,
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
             max_batch_keys: DEFAULT_MAX_BATCH_KEYS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -394,6 +398,8 @@ pub enum Backend {
 pub struct Limits {
     /// TTL for Sets that give none.
     pub default_ttl: u32,
+    /// How long an invalidated item stays readable as stale.
+    pub stale_ttl: u32,
     /// Largest value.
     pub max_value_bytes: usize,
     /// Most keys per batch.
@@ -509,6 +515,9 @@ impl TryFrom<Settings> for Config {
         if s.max_value_bytes == 0 {
             return Err("--max-value-bytes must be at least 1".to_owned());
         }
+        if s.stale_ttl == 0 {
+            return Err("--stale-ttl must be at least 1 second".to_owned());
+        }
         if s.max_batch_keys == 0 || s.list_max_keys == 0 || s.max_idle_conns == 0 {
             return Err(
                 "--max-batch-keys, --list-max-keys and --max-idle-conns must be at least 1"
@@ -616,6 +625,7 @@ impl TryFrom<Settings> for Config {
             backend,
             limits: Limits {
                 default_ttl: s.default_ttl,
+                stale_ttl: s.stale_ttl,
                 max_value_bytes: s.max_value_bytes,
                 max_batch_keys: s.max_batch_keys,
                 max_message_bytes: s.max_message_bytes,

@@ -65,6 +65,15 @@ impl Field {
         }
     }
 
+    /// The path of another field of the key's message: `condition`,
+    /// `items[2].condition`.
+    pub fn path(self, name: &str) -> String {
+        match self {
+            Field::Single | Field::Keys(_) => name.to_owned(),
+            Field::Items(i) => format!("items[{i}].{name}"),
+        }
+    }
+
     /// The path of the value: `value` or `items[2].value`.
     pub fn value_path(self) -> String {
         match self {
@@ -265,6 +274,25 @@ pub enum Error {
         /// The call, e.g. "Increment".
         what: &'static str,
     },
+    /// A request field other than a key or value breaks a rule (e.g. a
+    /// lease of 0 seconds, an option a stream does not take).
+    #[error("invalid {field}: {rule}")]
+    InvalidField {
+        /// Its path in the request, e.g. `lease_ttl_seconds`.
+        field: String,
+        /// The rule it breaks.
+        rule: &'static str,
+    },
+    /// A conditional write whose condition did not hold: nothing was
+    /// written. A unary Set answers it as `stored = false`; in a batch it
+    /// is the item's KeyError.
+    #[error("key {key:?} was not stored: {why}")]
+    ConditionFailed {
+        /// The key (shortened if long).
+        key: String,
+        /// Which condition failed, and how.
+        why: &'static str,
+    },
 }
 
 impl Error {
@@ -280,9 +308,10 @@ impl Error {
     /// The gRPC code this error maps to.
     pub fn code(&self) -> Code {
         match self {
-            Error::InvalidKey { .. } | Error::ValueTooLarge { .. } | Error::TooManyKeys { .. } => {
-                Code::InvalidArgument
-            }
+            Error::InvalidKey { .. }
+            | Error::ValueTooLarge { .. }
+            | Error::TooManyKeys { .. }
+            | Error::InvalidField { .. } => Code::InvalidArgument,
             Error::ShardUnavailable { .. }
             | Error::ShardDown { .. }
             | Error::ListBusy { .. }
@@ -295,7 +324,7 @@ impl Error {
             Error::ShardError { .. } => Code::Internal,
             Error::Unauthenticated(_) => Code::Unauthenticated,
             Error::KeyNotFound { .. } => Code::NotFound,
-            Error::NotANumber { .. } => Code::FailedPrecondition,
+            Error::NotANumber { .. } | Error::ConditionFailed { .. } => Code::FailedPrecondition,
             Error::Unsupported { .. } => Code::Unimplemented,
         }
     }
@@ -323,6 +352,8 @@ impl Error {
             Error::KeyNotFound { .. } => "KEY_NOT_FOUND",
             Error::NotANumber { .. } => "NOT_A_NUMBER",
             Error::Unsupported { .. } => "SHARD_UNSUPPORTED",
+            Error::InvalidField { .. } => "FIELD_INVALID",
+            Error::ConditionFailed { .. } => "CONDITION_FAILED",
         }
     }
 
@@ -390,8 +421,14 @@ impl Error {
             Error::RequestTooLarge { .. } => {
                 meta.push(("limit", "--max-message-bytes".to_owned()));
             }
-            Error::KeyNotFound { key } | Error::NotANumber { key } => {
+            Error::KeyNotFound { key }
+            | Error::NotANumber { key }
+            | Error::ConditionFailed { key, .. } => {
                 meta.push(("key", key.clone()));
+            }
+            Error::InvalidField { field, rule } => {
+                meta.push(("field", field.clone()));
+                violation = Some((field.clone(), (*rule).to_owned()));
             }
             Error::ShardUnavailable { addr, .. }
             | Error::ShardError { addr, .. }
@@ -520,6 +557,14 @@ mod tests {
             Error::Unsupported {
                 addr: "a".into(),
                 what: "Increment",
+            },
+            Error::InvalidField {
+                field: "lease_ttl_seconds".into(),
+                rule: "a lease lasts at least 1 second",
+            },
+            Error::ConditionFailed {
+                key: "k".into(),
+                why: "it already exists (condition ABSENT)",
             },
         ]
     }

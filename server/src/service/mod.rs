@@ -27,7 +27,7 @@ use crate::error::{Error, Field};
 use crate::key::{Key, Ttl};
 use crate::metrics::Metrics;
 use crate::store::budget::{ByteBudget, Reservation};
-use crate::store::{Item, Store};
+use crate::store::{Condition, Item, ReadOptions, Store};
 
 /// The Cache service over a store.
 #[derive(Debug)]
@@ -111,10 +111,51 @@ impl<S: Store> CacheService<S> {
             });
         }
         let ttl = Ttl::from_secs(req.ttl_seconds.unwrap_or(self.limits.default_ttl));
+        let condition = match pb::SetCondition::try_from(req.condition) {
+            Ok(pb::SetCondition::Unspecified) => Condition::Always,
+            Ok(pb::SetCondition::Absent) => Condition::Absent,
+            Ok(pb::SetCondition::Present) => Condition::Present,
+            Ok(pb::SetCondition::CasMatch) => Condition::CasMatch(req.cas),
+            Err(_) => {
+                return Err(Error::InvalidField {
+                    field: field.path("condition"),
+                    rule: "not a SetCondition this server knows (0 to 3)",
+                });
+            }
+        };
         Ok(Item {
             key,
             value: req.value,
             ttl,
+            condition,
+        })
+    }
+
+    /// The key of a BatchGetStream request, which reads plainly: a request
+    /// with Get's options is refused rather than read without them.
+    fn stream_key(&self, req: &pb::GetRequest) -> Result<Key, Error> {
+        let field = match (req.touch_ttl_seconds, req.lease_ttl_seconds) {
+            (None, None) => return self.key(req.key.clone(), Field::Single),
+            (Some(_), _) => "touch_ttl_seconds",
+            (None, Some(_)) => "lease_ttl_seconds",
+        };
+        Err(Error::InvalidField {
+            field: field.to_owned(),
+            rule: "BatchGetStream reads plainly; touch or take a lease with Get",
+        })
+    }
+
+    /// The options of a Get at `field` (touch and lease TTLs).
+    fn read_options(&self, req: &pb::GetRequest, field: Field) -> Result<ReadOptions, Error> {
+        if req.lease_ttl_seconds == Some(0) {
+            return Err(Error::InvalidField {
+                field: field.path("lease_ttl_seconds"),
+                rule: "a lease lasts at least 1 second (a placeholder that never expires would block its key if its winner never fills it)",
+            });
+        }
+        Ok(ReadOptions {
+            touch: req.touch_ttl_seconds.map(Ttl::from_secs),
+            lease: req.lease_ttl_seconds.map(Ttl::from_secs),
         })
     }
 }

@@ -5,34 +5,40 @@ use memgate_api::v1 as pb;
 use super::CacheService;
 use crate::error::{Error, Field};
 use crate::key::Ttl;
-use crate::store::{Increment, Store};
+use crate::store::{Increment, Lease, Store};
 
 impl<S: Store> CacheService<S> {
     pub(super) async fn get_one(&self, req: pb::GetRequest) -> Result<pb::GetResponse, Error> {
         crate::trace::record_keys(1);
+        let opts = self.read_options(&req, Field::Single)?;
         let key = self.key(req.key, Field::Single)?;
         // Held until the response is built; the value is charged to it.
         let budget = self.reservation();
-        let value = self.store.get(&key, &budget).await?;
-        self.metrics.cache.get.record(value.is_some());
-        Ok(match value {
-            Some(value) => pb::GetResponse {
-                found: true,
-                value,
-                ..Default::default()
-            },
-            None => pb::GetResponse::default(),
+        let found = self.store.get(&key, opts, &budget).await?;
+        self.metrics.cache.get.record(found.value.is_some());
+        Ok(pb::GetResponse {
+            found: found.value.is_some(),
+            value: found.value.unwrap_or_default(),
+            cas: found.cas,
+            ttl_remaining_seconds: found.ttl_left,
+            lease: match found.lease {
+                Lease::None => pb::LeaseState::Unspecified,
+                Lease::Won => pb::LeaseState::Won,
+                Lease::Held => pb::LeaseState::Held,
+            } as i32,
+            stale: found.stale,
         })
     }
 
     pub(super) async fn set_one(&self, req: pb::SetRequest) -> Result<pb::SetResponse, Error> {
         crate::trace::record_keys(1);
         let item = self.item(req, Field::Single)?;
-        self.store.set(item).await?;
-        Ok(pb::SetResponse {
-            stored: true,
-            cas: 0,
-        })
+        match self.store.set(item).await {
+            Ok(cas) => Ok(pb::SetResponse { stored: true, cas }),
+            // Not an error for a single Set: the caller asked a question.
+            Err(Error::ConditionFailed { .. }) => Ok(pb::SetResponse::default()),
+            Err(e) => Err(e),
+        }
     }
 
     pub(super) async fn delete_one(
@@ -41,7 +47,13 @@ impl<S: Store> CacheService<S> {
     ) -> Result<pb::DeleteResponse, Error> {
         crate::trace::record_keys(1);
         let key = self.key(req.key, Field::Single)?;
-        let deleted = self.store.delete(&key).await?;
+        let deleted = match req.invalidate {
+            true => {
+                let stale_for = Ttl::from_secs(self.limits.stale_ttl);
+                self.store.invalidate(&key, stale_for).await?
+            }
+            false => self.store.delete(&key).await?,
+        };
         Ok(pb::DeleteResponse { deleted })
     }
 

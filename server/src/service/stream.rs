@@ -112,7 +112,7 @@ impl<S: Store> CacheService<S> {
                             let _ = tx.send((Err(status), None));
                             return;
                         }
-                        Ok(req) => match service.key(req.key.clone(), Field::Single) {
+                        Ok(req) => match service.stream_key(&req) {
                             Ok(k) => {
                                 slots.push(None);
                                 keys.push(k);
@@ -257,7 +257,14 @@ impl<S: Store> CacheService<S> {
             let mut keys = Vec::with_capacity(chunk.len());
             for msg in chunk {
                 let req = msg?;
-                match self.key(req.key.clone(), Field::Single) {
+                let key = match req.invalidate {
+                    true => Err(Error::InvalidField {
+                        field: "invalidate".to_owned(),
+                        rule: "BatchDeleteStream only removes keys; invalidate with Delete",
+                    }),
+                    false => self.key(req.key.clone(), Field::Single),
+                };
+                match key {
                     Ok(k) => keys.push(k),
                     Err(e) => push_error(&mut resp.errors, key_error(req.key, &e)),
                 }

@@ -17,21 +17,64 @@ use moka::ops::compute::Op;
 use moka::sync::Cache;
 
 use super::budget::Reservation;
-use super::{BackendStats, Increment, Item, Reachability, ShardReport, Store, add_delta};
+use super::{
+    BackendStats, Condition, Found, Increment, Item, Lease, Reachability, ReadOptions, ShardReport,
+    Store, add_delta,
+};
 use crate::error::Error;
 use crate::key::{Key, Ttl};
 use crate::metrics::ShardCounts;
 
-/// A stored value and when it stops being visible.
+/// A stored value, when it stops being visible, and what a lease has made
+/// of it.
 #[derive(Clone, Debug)]
 struct Entry {
     value: Bytes,
     expires_at: Option<Instant>,
+    /// Its CAS token: a new one on every write.
+    cas: u64,
+    state: State,
+}
+
+/// memcached's item states that leases add.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// An ordinary item.
+    Fresh,
+    /// The zero-byte item a missed Get with a lease created; its creator
+    /// holds the lease. An item to every other command, a miss to Get.
+    Placeholder,
+    /// Invalidated: still readable; `won` once a Get with a lease has
+    /// been elected to refresh it.
+    Stale { won: bool },
 }
 
 impl Entry {
     fn live(&self, now: Instant) -> bool {
         self.expires_at.is_none_or(|at| at > now)
+    }
+
+    /// Whole seconds left, rounded up as memcached reports them.
+    fn ttl_left(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|at| {
+            let left = at.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+
+    /// What a plain read sees.
+    fn found(&self, now: Instant) -> Found {
+        match self.state {
+            State::Placeholder => Found::miss(),
+            State::Fresh | State::Stale { .. } => Found {
+                value: Some(self.value.clone()),
+                cas: self.cas,
+                ttl_left: self.ttl_left(now),
+                lease: Lease::None,
+                stale: matches!(self.state, State::Stale { .. }),
+            },
+        }
     }
 }
 
@@ -70,6 +113,8 @@ pub struct EmbeddedStore {
     max_value_len: usize,
     max_bytes: u64,
     counts: Arc<Counts>,
+    /// The last CAS token handed out.
+    last_cas: Arc<AtomicU64>,
     started: Instant,
 }
 
@@ -105,36 +150,142 @@ impl EmbeddedStore {
             max_value_len,
             max_bytes,
             counts,
+            last_cas: Arc::new(AtomicU64::new(0)),
             started: Instant::now(),
         }
     }
 
-    fn read(&self, key: &Key) -> Option<Bytes> {
-        let value = self
-            .cache
-            .get(key)
-            .filter(|e| e.live(Instant::now()))
-            .map(|e| e.value);
-        let count = match value {
-            Some(_) => &self.counts.get_hits,
-            None => &self.counts.get_misses,
-        };
-        count.fetch_add(1, Ordering::Relaxed);
-        value
+    fn next_cas(&self) -> u64 {
+        self.last_cas.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn write(&self, item: Item) {
-        let expires_at = match item.ttl {
-            Ttl::Forever => None,
-            Ttl::Seconds(_) => item.ttl.as_duration().map(|d| Instant::now() + d),
+    fn count_read(&self, hit: bool) {
+        let count = match hit {
+            true => &self.counts.get_hits,
+            false => &self.counts.get_misses,
         };
-        self.cache.insert(
-            item.key,
-            Entry {
-                value: item.value,
-                expires_at,
-            },
-        );
+        count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A plain read: nothing changes.
+    fn read(&self, key: &Key) -> Found {
+        let now = Instant::now();
+        let found = self
+            .cache
+            .get(key)
+            .filter(|e| e.live(now))
+            .map_or_else(Found::miss, |e| e.found(now));
+        self.count_read(found.value.is_some());
+        found
+    }
+
+    /// A read that touches the item or takes a lease, atomic per key.
+    fn read_changing(&self, key: &Key, opts: ReadOptions) -> Found {
+        let mut found = Found::miss();
+        self.cache.entry(key.clone()).and_compute_with(|e| {
+            let now = Instant::now();
+            let mut entry = match e.map(|e| e.into_value()) {
+                Some(e) if e.live(now) => e,
+                _ => {
+                    let Some(lease) = opts.lease else {
+                        return Op::Nop;
+                    };
+                    // A miss with a lease: this caller refills it.
+                    let placeholder = Entry {
+                        value: Bytes::new(),
+                        // memcached applies the touch after creating it.
+                        expires_at: Self::expiry(opts.touch.unwrap_or(lease)),
+                        cas: self.next_cas(),
+                        state: State::Placeholder,
+                    };
+                    found = Found {
+                        cas: placeholder.cas,
+                        ttl_left: placeholder.ttl_left(now),
+                        lease: Lease::Won,
+                        ..Found::miss()
+                    };
+                    return Op::Put(placeholder);
+                }
+            };
+            if let Some(ttl) = opts.touch {
+                entry.expires_at = Self::expiry(ttl);
+            }
+            found = entry.found(now);
+            if opts.lease.is_some() {
+                match entry.state {
+                    State::Fresh => {}
+                    State::Placeholder => {
+                        found = Found {
+                            cas: entry.cas,
+                            ttl_left: entry.ttl_left(now),
+                            lease: Lease::Held,
+                            ..Found::miss()
+                        }
+                    }
+                    State::Stale { won: false } => {
+                        entry.state = State::Stale { won: true };
+                        found.lease = Lease::Won;
+                    }
+                    State::Stale { won: true } => found.lease = Lease::Held,
+                }
+            }
+            Op::Put(entry)
+        });
+        self.count_read(found.value.is_some());
+        found
+    }
+
+    /// Writes `item` if its condition holds; its new CAS token.
+    fn write(&self, item: Item) -> Result<u64, Error> {
+        let cas = self.next_cas();
+        let entry = Entry {
+            value: item.value,
+            expires_at: Self::expiry(item.ttl),
+            cas,
+            state: State::Fresh,
+        };
+        if item.condition == Condition::Always {
+            self.cache.insert(item.key, entry);
+            return Ok(cas);
+        }
+        let mut outcome = Ok(cas);
+        self.cache.entry(item.key.clone()).and_compute_with(|e| {
+            let current = e.map(|e| e.into_value()).filter(|e| e.live(Instant::now()));
+            let holds = match (item.condition, &current) {
+                (Condition::Always, _) => true,
+                (Condition::Absent, current) => current.is_none(),
+                (Condition::Present, current) => current.is_some(),
+                (Condition::CasMatch(want), Some(e)) => e.cas == want,
+                (Condition::CasMatch(_), None) => false,
+            };
+            if holds {
+                Op::Put(entry)
+            } else {
+                outcome = Err(item.condition.failed(&item.key, current.is_none()));
+                Op::Nop
+            }
+        });
+        outcome
+    }
+
+    /// Marks a live item stale for `stale_for`; false if there is none.
+    fn mark_stale(&self, key: &Key, stale_for: Ttl) -> bool {
+        let mut found = false;
+        self.cache
+            .entry(key.clone())
+            .and_compute_with(|e| match e.map(|e| e.into_value()) {
+                Some(e) if e.live(Instant::now()) => {
+                    found = true;
+                    Op::Put(Entry {
+                        expires_at: Self::expiry(stale_for),
+                        cas: self.next_cas(),
+                        state: State::Stale { won: false },
+                        ..e
+                    })
+                }
+                _ => Op::Nop,
+            });
+        found
     }
 
     /// When an item written now with `ttl` expires.
@@ -154,7 +305,12 @@ impl EmbeddedStore {
                     Some((n, value)) => {
                         outcome = Ok(n);
                         // The counter keeps its TTL.
-                        Op::Put(Entry { value, ..e })
+                        Op::Put(Entry {
+                            value,
+                            cas: self.next_cas(),
+                            state: State::Fresh,
+                            ..e
+                        })
                     }
                     None => {
                         outcome = Err(Error::NotANumber {
@@ -169,6 +325,8 @@ impl EmbeddedStore {
                         Op::Put(Entry {
                             value: Bytes::from(n.to_string()),
                             expires_at: Self::expiry(inc.ttl),
+                            cas: self.next_cas(),
+                            state: State::Fresh,
                         })
                     }
                     None => Op::Nop,
@@ -204,21 +362,32 @@ impl EmbeddedStore {
 }
 
 impl Store for EmbeddedStore {
-    async fn get(&self, key: &Key, budget: &Arc<Reservation>) -> Result<Option<Bytes>, Error> {
-        let value = self.read(key);
-        if let Some(v) = &value {
+    async fn get(
+        &self,
+        key: &Key,
+        opts: ReadOptions,
+        budget: &Arc<Reservation>,
+    ) -> Result<Found, Error> {
+        let found = match opts.is_plain() {
+            true => self.read(key),
+            false => self.read_changing(key, opts),
+        };
+        if let Some(v) = &found.value {
             budget.charge(v.len())?;
         }
-        Ok(value)
+        Ok(found)
     }
 
-    async fn set(&self, item: Item) -> Result<(), Error> {
-        self.write(item);
-        Ok(())
+    async fn set(&self, item: Item) -> Result<u64, Error> {
+        self.write(item)
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, Error> {
         Ok(self.remove(key))
+    }
+
+    async fn invalidate(&self, key: &Key, stale_for: Ttl) -> Result<bool, Error> {
+        Ok(self.mark_stale(key, stale_for))
     }
 
     async fn increment(&self, inc: Increment) -> Result<u64, Error> {
@@ -236,7 +405,7 @@ impl Store for EmbeddedStore {
     ) -> Result<Vec<Result<Option<Bytes>, Error>>, Error> {
         keys.iter()
             .map(|k| {
-                let value = self.read(k);
+                let value = self.read(k).value;
                 if let Some(v) = &value {
                     budget.charge(v.len())?;
                 }
@@ -248,10 +417,7 @@ impl Store for EmbeddedStore {
     async fn set_many(&self, items: Vec<Item>) -> Vec<Result<(), Error>> {
         items
             .into_iter()
-            .map(|i| {
-                self.write(i);
-                Ok(())
-            })
+            .map(|i| self.write(i).map(|_| ()))
             .collect()
     }
 
@@ -326,6 +492,7 @@ mod tests {
             key: Key::parse(key).unwrap(),
             value: Bytes::from(vec![b'x'; len]),
             ttl: Ttl::Forever,
+            condition: Condition::Always,
         }
     }
 
@@ -339,16 +506,18 @@ mod tests {
         store.set(item("b", 100)).await.unwrap();
         assert!(
             store
-                .get(&Key::parse("a").unwrap(), &budget)
+                .get(&Key::parse("a").unwrap(), ReadOptions::default(), &budget)
                 .await
                 .unwrap()
+                .value
                 .is_some()
         );
         assert!(
             store
-                .get(&Key::parse("zz").unwrap(), &budget)
+                .get(&Key::parse("zz").unwrap(), ReadOptions::default(), &budget)
                 .await
                 .unwrap()
+                .value
                 .is_none()
         );
         let [shard] = &store.shard_stats().await[..] else {

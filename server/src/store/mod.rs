@@ -29,6 +29,96 @@ pub struct Item {
     pub value: Bytes,
     /// How long it lives.
     pub ttl: Ttl,
+    /// Written only if this holds.
+    pub condition: Condition,
+}
+
+/// When a write happens (memcached's set, add, replace and cas).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Condition {
+    /// Always.
+    #[default]
+    Always,
+    /// Only if the key does not exist (a lease placeholder and a stale
+    /// item exist).
+    Absent,
+    /// Only if the key exists.
+    Present,
+    /// Only if the item's CAS token is still this one.
+    CasMatch(u64),
+}
+
+impl Condition {
+    /// The [`Error::ConditionFailed`] for `key` when this condition did
+    /// not hold and the store says why: `missing` when the key was not
+    /// there (CAS), otherwise it was (or had changed).
+    pub fn failed(self, key: &Key, missing: bool) -> Error {
+        let why = match (self, missing) {
+            (Condition::Absent, _) => "it already exists (condition ABSENT)",
+            (Condition::Present, _) => "it does not exist (condition PRESENT)",
+            (Condition::CasMatch(_), true) => "it does not exist (condition CAS_MATCH)",
+            (Condition::CasMatch(_), false) => {
+                "its CAS token no longer matches: it was written since it was read (condition CAS_MATCH)"
+            }
+            (Condition::Always, _) => "the server refused it",
+        };
+        Error::ConditionFailed {
+            key: crate::error::shorten(key.as_str()),
+            why,
+        }
+    }
+}
+
+/// What a Get asks for beyond the value (the GetRequest options).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    /// Get-and-touch: a hit also gets this TTL.
+    pub touch: Option<Ttl>,
+    /// Stampede protection: a miss creates a placeholder living this long
+    /// and elects one caller to refill it.
+    pub lease: Option<Ttl>,
+}
+
+impl ReadOptions {
+    /// A read that changes nothing: it can share another read's answer.
+    pub fn is_plain(&self) -> bool {
+        self.touch.is_none() && self.lease.is_none()
+    }
+}
+
+/// Who refills a missing or stale key (Gets with a lease only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lease {
+    /// No lease taken or reported.
+    #[default]
+    None,
+    /// This caller refills it.
+    Won,
+    /// Another caller is refilling it.
+    Held,
+}
+
+/// What a Get found: the value with its metadata, or a miss.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// The value; `None` on a miss (a lease placeholder is a miss).
+    pub value: Option<Bytes>,
+    /// The item's CAS token (the placeholder's with a lease); 0 when
+    /// unknown.
+    pub cas: u64,
+    /// Seconds left; `None` when it never expires or is unknown.
+    pub ttl_left: Option<u32>,
+    /// Who refills it.
+    pub lease: Lease,
+    /// The value was invalidated and is (about to be) refreshed.
+    pub stale: bool,
+}
+
+impl Found {
+    /// A miss with no lease.
+    pub fn miss() -> Found {
+        Found::default()
+    }
 }
 
 /// One counter change (the Increment RPC).
@@ -167,19 +257,31 @@ impl BackendStats {
 /// validated; values are checked against [`Store::max_value_len`] by the
 /// caller before any write.
 pub trait Store: Send + Sync + 'static {
-    /// Reads one key; `Ok(None)` is a miss. The value is charged to
-    /// `budget`.
+    /// Reads one key with its metadata, touching it or taking a lease as
+    /// `opts` asks. The value is charged to `budget`.
     fn get(
         &self,
         key: &Key,
+        opts: ReadOptions,
         budget: &Arc<Reservation>,
-    ) -> impl Future<Output = Result<Option<Bytes>, Error>> + Send;
+    ) -> impl Future<Output = Result<Found, Error>> + Send;
 
-    /// Writes one item, returning once the store acknowledged it.
-    fn set(&self, item: Item) -> impl Future<Output = Result<(), Error>> + Send;
+    /// Writes one item if its condition holds, returning its new CAS token
+    /// (0 when the store has none) once the store acknowledged it; a
+    /// condition that did not hold is [`Error::ConditionFailed`].
+    fn set(&self, item: Item) -> impl Future<Output = Result<u64, Error>> + Send;
 
     /// Removes one key; `Ok(true)` if it existed.
     fn delete(&self, key: &Key) -> impl Future<Output = Result<bool, Error>> + Send;
+
+    /// Marks one key stale instead of removing it: it stays readable (as
+    /// stale) for `stale_for`, and the first Get with a lease after that
+    /// wins it. `Ok(true)` if it existed.
+    fn invalidate(
+        &self,
+        key: &Key,
+        stale_for: Ttl,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Changes a counter atomically and returns its new value (see
     /// [`Increment`]): [`Error::KeyNotFound`] when it is missing and no
@@ -200,7 +302,8 @@ pub trait Store: Send + Sync + 'static {
         budget: &Arc<Reservation>,
     ) -> impl Future<Output = Result<Vec<Result<Option<Bytes>, Error>>, Error>> + Send;
 
-    /// Writes many items, one result per item in the same order.
+    /// Writes many items, one result per item in the same order (a
+    /// condition that did not hold is [`Error::ConditionFailed`]).
     fn set_many(&self, items: Vec<Item>) -> impl Future<Output = Vec<Result<(), Error>>> + Send;
 
     /// Removes many keys, one result per key in the same order.

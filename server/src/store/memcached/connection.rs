@@ -742,9 +742,9 @@ mod tests {
         let (conn, mut peer) = pair(Mode::Meta).await;
         let (a, b) = (conn.clone(), conn.clone());
         let first = tokio::spawn(async move { a.request(get("a"), T).await });
-        assert_eq!(read_some(&mut peer).await, "mg a v k O0\r\n");
+        assert_eq!(read_some(&mut peer).await, "mg a v k c O0\r\n");
         let second = tokio::spawn(async move { b.request(get("b"), T).await });
-        assert_eq!(read_some(&mut peer).await, "mg b v k O1\r\n");
+        assert_eq!(read_some(&mut peer).await, "mg b v k c O1\r\n");
         peer.write_all(b"VA 1 ka O0\r\nx\r\nEN kb O1\r\n")
             .await
             .unwrap();
@@ -850,7 +850,7 @@ mod tests {
         let sent = read_some(&mut peer).await;
         assert_eq!(
             sent,
-            "mg a v k O0 q\r\nmg b v k O1 q\r\nmg c v k O2 q\r\nmn\r\n"
+            "mg a v k c O0 q\r\nmg b v k c O1 q\r\nmg c v k c O2 q\r\nmn\r\n"
         );
         peer.write_all(b"VA 1 ka O0\r\n1\r\nVA 1 kc O2\r\n3\r\nMN\r\n")
             .await
@@ -945,7 +945,15 @@ mod tests {
             let k = key("big");
             let req = Request {
                 encode: move |buf: &mut BytesMut, t| {
-                    meta::encode_set(buf, "big", 0, &big, t, false)
+                    meta::encode_set(
+                        buf,
+                        "big",
+                        0,
+                        &big,
+                        crate::store::Condition::Always,
+                        t,
+                        false,
+                    )
                 },
                 tokens: 1,
                 expect: Expect::One(k),
@@ -956,7 +964,7 @@ mod tests {
         });
         let mut got = 0usize;
         let mut b = vec![0; 1 << 16];
-        let want = "ms big 8388608 T0 k O0\r\n".len() + (8 << 20) + 2;
+        let want = "ms big 8388608 T0 c k O0\r\n".len() + (8 << 20) + 2;
         while got < want {
             got += peer.read(&mut b).await.unwrap();
         }

@@ -15,6 +15,8 @@
 
 use bytes::{BufMut, BytesMut};
 
+use crate::store::Condition;
+
 /// A meta command being appended to a write buffer.
 ///
 /// ```text
@@ -100,33 +102,96 @@ fn put_decimal(buf: &mut BytesMut, n: u64) {
     buf.put_slice(&tmp[i..]);
 }
 
-/// Appends `mg <key> v k O<token>[ q]`: a read that returns the value and
-/// echoes key and token. Quiet (`q`) reads suppress misses; a batch of
-/// them is closed by [`encode_noop`].
+/// Appends `mg <key> v k c O<token>[ q]`: a read that returns the value
+/// and its CAS token (needed to hand back a stale item's lease, which
+/// memcached gives to any reader) and echoes key and token. Quiet (`q`)
+/// reads suppress misses; a batch of them is closed by [`encode_noop`].
 pub fn encode_get(buf: &mut BytesMut, key: &str, token: u32, quiet: bool) {
     let cmd = Command::new(buf, b"mg", key)
         .flag(b'v')
         .flag(b'k')
+        .flag(b'c')
         .token(token);
     if quiet { cmd.flag(b'q') } else { cmd }.finish();
 }
 
-/// Appends `ms <key> <len> T<exptime> k O<token>[ q]` and the value: an
-/// acknowledged write (quiet writes report only failures).
+/// Appends `mg <key> v k O<token> [N<lease>] [T<touch>] c t`: a read of
+/// one key with its CAS token and remaining TTL, optionally creating a
+/// lease placeholder on a miss (`N`, living `lease`) and setting a new
+/// TTL (`T`). The flags go in this order because memcached applies them
+/// left to right: `t` after `N`/`T` reports the TTL they set.
+pub fn encode_read(
+    buf: &mut BytesMut,
+    key: &str,
+    token: u32,
+    lease: Option<u64>,
+    touch: Option<u64>,
+) {
+    let mut cmd = Command::new(buf, b"mg", key)
+        .flag(b'v')
+        .flag(b'k')
+        .token(token);
+    if let Some(exptime) = lease {
+        cmd = cmd.flag_num(b'N', exptime);
+    }
+    if let Some(exptime) = touch {
+        cmd = cmd.flag_num(b'T', exptime);
+    }
+    cmd.flag(b'c').flag(b't').finish();
+}
+
+/// Appends `ms <key> <len> T<exptime> [ME|MR|C<cas>] [c] k O<token>[ q]`
+/// and the value: an acknowledged write, stored only if `condition` holds
+/// (add, replace, compare-and-swap). A loud write asks for its new CAS
+/// token (`c`); quiet writes report only failures.
 pub fn encode_set(
     buf: &mut BytesMut,
     key: &str,
     exptime: u64,
     value: &[u8],
+    condition: Condition,
     token: u32,
     quiet: bool,
 ) {
-    let cmd = Command::new(buf, b"ms", key)
+    let mut cmd = Command::new(buf, b"ms", key)
         .arg(value.len() as u64)
+        .flag_num(b'T', exptime);
+    cmd = match condition {
+        Condition::Always => cmd,
+        Condition::Absent => cmd.flag_mode(b'M', b'E'),
+        Condition::Present => cmd.flag_mode(b'M', b'R'),
+        Condition::CasMatch(cas) => cmd.flag_num(b'C', cas),
+    };
+    if !quiet {
+        cmd = cmd.flag(b'c');
+    }
+    let cmd = cmd.flag(b'k').token(token);
+    if quiet { cmd.flag(b'q') } else { cmd }.finish_with_data(value);
+}
+
+/// Appends `md <key> I T<exptime> k O<token>`: marks the item stale for
+/// `exptime` instead of removing it (`HD`; `NF` when missing). The next
+/// reader gets the lease to refresh it.
+pub fn encode_invalidate(buf: &mut BytesMut, key: &str, exptime: u64, token: u32) {
+    Command::new(buf, b"md", key)
+        .flag(b'I')
         .flag_num(b'T', exptime)
         .flag(b'k')
-        .token(token);
-    if quiet { cmd.flag(b'q') } else { cmd }.finish_with_data(value);
+        .token(token)
+        .finish();
+}
+
+/// Appends `md <key> I C<cas> k O<token>`: hands back the refresh lease of
+/// a stale item that a read took without asking for it (memcached gives it
+/// to any reader). The item stays stale with its TTL, and the next reader
+/// wins the lease again; if it changed meanwhile (`EX`), nothing happens.
+pub fn encode_hand_back(buf: &mut BytesMut, key: &str, cas: u64, token: u32) {
+    Command::new(buf, b"md", key)
+        .flag(b'I')
+        .flag_num(b'C', cas)
+        .flag(b'k')
+        .token(token)
+        .finish();
 }
 
 /// Appends `md <key> k O<token>[ q]` (quiet deletes report only misses).
@@ -334,12 +399,34 @@ mod tests {
         let mut b = BytesMut::new();
         encode_get(&mut b, "a", 1, false);
         encode_get(&mut b, "b", 2, true);
-        encode_set(&mut b, "k", 60, b"v\r\n\0", 3, false);
+        encode_set(&mut b, "k", 60, b"v\r\n\0", Condition::Always, 3, false);
         encode_delete(&mut b, "k", 4294967295, true);
         encode_noop(&mut b);
         assert_eq!(
             &b[..],
-            &b"mg a v k O1\r\nmg b v k O2 q\r\nms k 4 T60 k O3\r\nv\r\n\0\r\nmd k k O4294967295 q\r\nmn\r\n"[..]
+            &b"mg a v k c O1\r\nmg b v k c O2 q\r\nms k 4 T60 c k O3\r\nv\r\n\0\r\nmd k k O4294967295 q\r\nmn\r\n"[..]
+        );
+    }
+
+    #[test]
+    fn encodes_leases_conditions_and_invalidation() {
+        let mut b = BytesMut::new();
+        encode_read(&mut b, "a", 1, None, None);
+        encode_read(&mut b, "a", 2, Some(10), Some(60));
+        encode_set(&mut b, "k", 0, b"v", Condition::Absent, 3, false);
+        encode_set(&mut b, "k", 0, b"v", Condition::Present, 4, true);
+        encode_set(&mut b, "k", 0, b"v", Condition::CasMatch(7), 5, false);
+        encode_invalidate(&mut b, "k", 30, 6);
+        encode_hand_back(&mut b, "k", 9, 7);
+        assert_eq!(
+            std::str::from_utf8(&b).unwrap(),
+            "mg a v k O1 c t\r\n\
+             mg a v k O2 N10 T60 c t\r\n\
+             ms k 1 T0 ME c k O3\r\nv\r\n\
+             ms k 1 T0 MR k O4 q\r\nv\r\n\
+             ms k 1 T0 C7 c k O5\r\nv\r\n\
+             md k I T30 k O6\r\n\
+             md k I C9 k O7\r\n"
         );
     }
 

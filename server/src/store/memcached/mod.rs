@@ -37,7 +37,10 @@ use self::ring::{Placement, ShardSpec};
 use self::shard::{Lane, PoolSettings, Shard};
 use self::singleflight::Flights;
 use super::budget::Reservation;
-use super::{BackendStats, Increment, Item, Reachability, ShardReport, Store};
+use super::{
+    BackendStats, Condition, Found, Increment, Item, Lease, Reachability, ReadOptions, ShardReport,
+    Store,
+};
 use crate::config::Rebalance;
 use crate::error::Error;
 use crate::key::{Key, Ttl};
@@ -68,7 +71,7 @@ pub struct ShardedStore {
     max_value_bytes: usize,
     list_timeout: Duration,
     on_down: OnShardDown,
-    flights: Flights<GetOutcome>,
+    flights: Flights<Result<Found, Error>>,
     fallbacks: Fallbacks,
     metrics: CacheMetrics,
 }
@@ -149,61 +152,119 @@ impl ShardedStore {
 
     /// Reads one key from its shard (or, after a pool change, its
     /// previous shard: [`rebalance`]).
-    async fn read_one(&self, key: &Key, budget: &Arc<Reservation>) -> GetOutcome {
+    async fn read_one(&self, key: &Key, budget: &Arc<Reservation>) -> Result<Found, Error> {
         let pool = self.members.load();
         let shard = self.shard_in(&pool, key.as_str())?;
         crate::trace::record_shard(shard.addr());
-        let value = Self::read_from(&shard, key, budget).await?;
-        if value.is_none() && pool.previous().is_some() {
-            let found =
-                rebalance::fall_back(&pool, &shard, key, budget, &self.fallbacks, &self.metrics);
-            return Ok(found.await);
+        let found = Self::read_from(&shard, key, ReadOptions::default(), budget).await?;
+        if found.value.is_none() && found.lease == Lease::None && pool.previous().is_some() {
+            let value =
+                rebalance::fall_back(&pool, &shard, key, budget, &self.fallbacks, &self.metrics)
+                    .await;
+            return Ok(Found { value, ..found });
         }
-        Ok(value)
+        Ok(found)
     }
 
-    /// Reads one key from `shard`.
-    async fn read_from(shard: &Shard, key: &Key, budget: &Arc<Reservation>) -> GetOutcome {
+    /// Reads one key from `shard` with its metadata, touching it or taking
+    /// a lease as `opts` asks. A read that changes something is sent once:
+    /// repeating it could hand its lease to nobody.
+    async fn read_from(
+        shard: &Shard,
+        key: &Key,
+        opts: ReadOptions,
+        budget: &Arc<Reservation>,
+    ) -> Result<Found, Error> {
         let conn = shard.connection(Lane::Single).await?;
         let max_value = shard.max_reply_value();
         let budget = Some(budget.clone());
-        let reply = match conn.mode() {
-            Mode::Meta => {
-                let req = || Request {
-                    encode: |buf: &mut BytesMut, token| {
-                        meta::encode_get(buf, key.as_str(), token, false)
-                    },
-                    tokens: 1,
-                    expect: Expect::One(key.clone()),
-                    max_value,
-                    budget: budget.clone(),
-                };
-                shard.read(Lane::Single, &conn, req).await?
+        if conn.mode() == Mode::Text {
+            if !opts.is_plain() {
+                return Err(Error::Unsupported {
+                    addr: shard.addr().to_owned(),
+                    what: "a Get with touch_ttl_seconds or lease_ttl_seconds",
+                });
             }
-            Mode::Text => {
-                let req = Request {
-                    encode: |buf: &mut BytesMut, _| protocol::encode_get(buf, &[key.as_str()]),
-                    tokens: 1,
-                    expect: Expect::Text(Decoder::get(vec![key.to_string()], max_value)),
-                    max_value,
-                    budget,
-                };
-                shard.call(&conn, req).await?
-            }
+            let req = Request {
+                encode: |buf: &mut BytesMut, _| protocol::encode_get(buf, &[key.as_str()]),
+                tokens: 1,
+                expect: Expect::Text(Decoder::get(vec![key.to_string()], max_value)),
+                max_value,
+                budget,
+            };
+            return match shard.call(&conn, req).await? {
+                Reply::Text(protocol::Reply::Values(values)) => Ok(Found {
+                    value: values.into_iter().next().map(|(_, v)| v),
+                    ..Found::miss()
+                }),
+                other => Err(unexpected(shard, other)),
+            };
+        }
+        let now = SystemTime::now();
+        let lease = opts.lease.map(|ttl| ttl.memcached_exptime(now));
+        let touch = opts.touch.map(|ttl| ttl.memcached_exptime(now));
+        let req = || Request {
+            encode: |buf: &mut BytesMut, token| {
+                meta::encode_read(buf, key.as_str(), token, lease, touch)
+            },
+            tokens: 1,
+            expect: Expect::One(key.clone()),
+            max_value,
+            budget: budget.clone(),
+        };
+        let reply = match opts.is_plain() {
+            true => shard.read(Lane::Single, &conn, req).await?,
+            false => shard.call(&conn, req()).await?,
         };
         match reply {
-            Reply::Meta(MetaReply {
-                code: Code::Value,
-                value,
-                ..
-            }) => Ok(value),
+            Reply::Meta(
+                reply @ MetaReply {
+                    code: Code::Value, ..
+                },
+            ) => {
+                let (found, hand_back) = found_in(reply, opts.lease.is_some());
+                if let Some(cas) = hand_back {
+                    Self::hand_back(shard, key, cas).await;
+                }
+                Ok(found)
+            }
             Reply::Meta(MetaReply {
                 code: Code::Miss, ..
-            }) => Ok(None),
-            Reply::Text(protocol::Reply::Values(values)) => {
-                Ok(values.into_iter().next().map(|(_, v)| v))
-            }
+            }) => Ok(Found::miss()),
             other => Err(unexpected(shard, other)),
+        }
+    }
+
+    /// Gives back the refresh lease of a stale item that a read without a
+    /// lease was handed (memcached elects whoever reads it first), so a
+    /// reader that asks for it gets it. Best effort: if this fails, the
+    /// item is refreshed by its next writer or expires after --stale-ttl.
+    async fn hand_back(shard: &Shard, key: &Key, cas: u64) {
+        let outcome = async {
+            let conn = shard.connection(Lane::Single).await?;
+            let req = Request {
+                encode: |buf: &mut BytesMut, token| {
+                    meta::encode_hand_back(buf, key.as_str(), cas, token)
+                },
+                tokens: 1,
+                expect: Expect::One(key.clone()),
+                max_value: 0,
+                budget: None,
+            };
+            shard.call(&conn, req).await
+        };
+        match outcome.await {
+            // Done, or the item changed since (a refresh already happened).
+            Ok(Reply::Meta(MetaReply {
+                code: Code::Done | Code::Exists | Code::NotFound,
+                ..
+            })) => {}
+            Ok(other) => {
+                tracing::debug!(shard = %shard.addr(), key = %key, reply = other.kind(), "stale lease not handed back")
+            }
+            Err(e) => {
+                tracing::debug!(shard = %shard.addr(), key = %key, error = %e, "stale lease not handed back")
+            }
         }
     }
 
@@ -249,16 +310,22 @@ impl ShardedStore {
                     };
                     out.fill(Err(err));
                 }
+                let mut hand_backs = Vec::new();
                 for (i, r) in replies {
                     out[i] = match r {
-                        MetaReply {
-                            code: Code::Value,
-                            value,
-                            ..
-                        } => Ok(value),
+                        r @ MetaReply {
+                            code: Code::Value, ..
+                        } => {
+                            let (found, hand_back) = found_in(r, false);
+                            if let Some(cas) = hand_back {
+                                hand_backs.push(Self::hand_back(shard, &keys[i], cas));
+                            }
+                            Ok(found.value)
+                        }
                         other => Err(unexpected(shard, Reply::Meta(other))),
                     };
                 }
+                join_all(hand_backs).await;
                 Ok(out)
             }
             Mode::Text => {
@@ -298,7 +365,8 @@ impl ShardedStore {
                     for (i, item) in items.iter().enumerate() {
                         let exptime = item.ttl.memcached_exptime(now);
                         let token = token.wrapping_add(i as u32);
-                        meta::encode_set(buf, item.key.as_str(), exptime, &item.value, token, true);
+                        let (key, value) = (item.key.as_str(), &item.value);
+                        meta::encode_set(buf, key, exptime, value, item.condition, token, true);
                     }
                 }
                 WriteGroup::Delete(keys) => {
@@ -334,15 +402,16 @@ impl ShardedStore {
             ],
             None => vec![Ok(true); n],
         };
-        let deleting = matches!(op, WriteGroup::Delete(_));
         for (i, r) in replies {
-            out[i] = match r.code {
-                Code::NotFound if deleting => Ok(false),
-                Code::Done => Ok(true),
-                Code::NotStored => Err(Error::ShardError {
-                    addr: shard.addr().to_owned(),
-                    message: "NOT_STORED".into(),
-                }),
+            out[i] = match (&op, r.code) {
+                (WriteGroup::Delete(_), Code::NotFound) => Ok(false),
+                (_, Code::Done) => Ok(true),
+                (WriteGroup::Set(items), Code::NotStored | Code::Exists | Code::NotFound)
+                    if items[i].condition != Condition::Always =>
+                {
+                    let item = &items[i];
+                    Err(item.condition.failed(&item.key, r.code == Code::NotFound))
+                }
                 _ => Err(unexpected(shard, Reply::Meta(r))),
             };
         }
@@ -404,28 +473,38 @@ impl ShardedStore {
 
     /// Text-protocol servers take one request at a time per connection.
     async fn write_each(shard: &Shard, op: WriteGroup) -> Vec<Result<bool, Error>> {
-        let ops: Vec<_> = match op {
-            WriteGroup::Set(items) => items.into_iter().map(WriteGroup::one_set).collect(),
-            WriteGroup::Delete(keys) => keys.into_iter().map(WriteGroup::one_delete).collect(),
-        };
-        futures::stream::iter(ops)
-            .map(|op| async move { Self::write_one(shard, op).await })
-            .buffered(WRITE_CONCURRENCY)
-            .collect()
-            .await
+        match op {
+            WriteGroup::Set(items) => {
+                futures::stream::iter(items)
+                    .map(|item| async move { Self::set_on(shard, &item).await.map(|_| true) })
+                    .buffered(WRITE_CONCURRENCY)
+                    .collect()
+                    .await
+            }
+            WriteGroup::Delete(keys) => {
+                futures::stream::iter(keys)
+                    .map(|key| async move { Self::delete_on(shard, &key).await })
+                    .buffered(WRITE_CONCURRENCY)
+                    .collect()
+                    .await
+            }
+        }
     }
 
-    /// One write or delete, in whichever protocol the shard speaks.
-    async fn write_one(shard: &Shard, op: WriteGroup) -> Result<bool, Error> {
+    /// One write, in whichever protocol the shard speaks: the item's new
+    /// CAS token (0 from a text-protocol server), or
+    /// [`Error::ConditionFailed`]. Text-protocol servers take only
+    /// unconditional writes here.
+    async fn set_on(shard: &Shard, item: &Item) -> Result<u64, Error> {
         let conn = shard.connection(Lane::Single).await?;
-        let key = op.key(0).clone();
-        let reply = match (conn.mode(), &op) {
-            (Mode::Meta, WriteGroup::Set(items)) => {
-                let item = &items[0];
-                let exptime = item.ttl.memcached_exptime(SystemTime::now());
+        let key = &item.key;
+        let exptime = item.ttl.memcached_exptime(SystemTime::now());
+        let reply = match conn.mode() {
+            Mode::Meta => {
                 let req = Request {
                     encode: |buf: &mut BytesMut, token| {
-                        meta::encode_set(buf, key.as_str(), exptime, &item.value, token, false)
+                        let (k, v) = (key.as_str(), &item.value);
+                        meta::encode_set(buf, k, exptime, v, item.condition, token, false)
                     },
                     tokens: 1,
                     expect: Expect::One(key.clone()),
@@ -434,21 +513,13 @@ impl ShardedStore {
                 };
                 shard.call(&conn, req).await?
             }
-            (Mode::Meta, WriteGroup::Delete(_)) => {
-                let req = Request {
-                    encode: |buf: &mut BytesMut, token| {
-                        meta::encode_delete(buf, key.as_str(), token, false)
-                    },
-                    tokens: 1,
-                    expect: Expect::One(key.clone()),
-                    max_value: 0,
-                    budget: None,
-                };
-                shard.call(&conn, req).await?
+            Mode::Text if item.condition != Condition::Always => {
+                return Err(Error::Unsupported {
+                    addr: shard.addr().to_owned(),
+                    what: "a conditional Set",
+                });
             }
-            (Mode::Text, WriteGroup::Set(items)) => {
-                let item = &items[0];
-                let exptime = item.ttl.memcached_exptime(SystemTime::now());
+            Mode::Text => {
                 let req = Request {
                     encode: |buf: &mut BytesMut, _| {
                         protocol::encode_set(buf, key.as_str(), exptime, &item.value)
@@ -460,7 +531,61 @@ impl ShardedStore {
                 };
                 shard.call(&conn, req).await?
             }
-            (Mode::Text, WriteGroup::Delete(_)) => {
+        };
+        match reply {
+            Reply::Meta(MetaReply {
+                code: Code::Done,
+                flags,
+                ..
+            }) => Ok(flags.cas.unwrap_or(0)),
+            Reply::Text(protocol::Reply::Stored) => Ok(0),
+            Reply::Meta(MetaReply {
+                code: code @ (Code::NotStored | Code::Exists | Code::NotFound),
+                ..
+            }) if item.condition != Condition::Always => {
+                Err(item.condition.failed(key, code == Code::NotFound))
+            }
+            other => Err(unexpected(shard, other)),
+        }
+    }
+
+    /// One delete, or (with `stale_for`) invalidation, in whichever
+    /// protocol the shard speaks; `Ok(true)` if the key existed.
+    async fn remove_on(shard: &Shard, key: &Key, stale_for: Option<Ttl>) -> Result<bool, Error> {
+        let conn = shard.connection(Lane::Single).await?;
+        let reply = match (conn.mode(), stale_for) {
+            (Mode::Meta, None) => {
+                let req = Request {
+                    encode: |buf: &mut BytesMut, token| {
+                        meta::encode_delete(buf, key.as_str(), token, false)
+                    },
+                    tokens: 1,
+                    expect: Expect::One(key.clone()),
+                    max_value: 0,
+                    budget: None,
+                };
+                shard.call(&conn, req).await?
+            }
+            (Mode::Meta, Some(ttl)) => {
+                let exptime = ttl.memcached_exptime(SystemTime::now());
+                let req = Request {
+                    encode: |buf: &mut BytesMut, token| {
+                        meta::encode_invalidate(buf, key.as_str(), exptime, token)
+                    },
+                    tokens: 1,
+                    expect: Expect::One(key.clone()),
+                    max_value: 0,
+                    budget: None,
+                };
+                shard.call(&conn, req).await?
+            }
+            (Mode::Text, Some(_)) => {
+                return Err(Error::Unsupported {
+                    addr: shard.addr().to_owned(),
+                    what: "an invalidating Delete",
+                });
+            }
+            (Mode::Text, None) => {
                 let req = Request {
                     encode: |buf: &mut BytesMut, _| protocol::encode_delete(buf, key.as_str()),
                     tokens: 1,
@@ -475,18 +600,18 @@ impl ShardedStore {
             Reply::Meta(MetaReply {
                 code: Code::Done, ..
             })
-            | Reply::Text(protocol::Reply::Stored | protocol::Reply::Deleted) => Ok(true),
+            | Reply::Text(protocol::Reply::Deleted) => Ok(true),
             Reply::Meta(MetaReply {
                 code: Code::NotFound,
                 ..
             })
-            | Reply::Text(protocol::Reply::NotFound)
-                if matches!(op, WriteGroup::Delete(_)) =>
-            {
-                Ok(false)
-            }
+            | Reply::Text(protocol::Reply::NotFound) => Ok(false),
             other => Err(unexpected(shard, other)),
         }
+    }
+
+    async fn delete_on(shard: &Shard, key: &Key) -> Result<bool, Error> {
+        Self::remove_on(shard, key, None).await
     }
 
     /// One `ma` on `shard`. Text-protocol servers have no `ma` (and their
@@ -640,6 +765,43 @@ impl ShardedStore {
     }
 }
 
+/// What a `VA` reply means: a value or a lease placeholder (a miss), with
+/// its metadata; and, when a read that asked for no lease was handed a
+/// stale item's anyway, the CAS token to hand it back with.
+fn found_in(reply: MetaReply, asked_lease: bool) -> (Found, Option<u64>) {
+    let flags = &reply.flags;
+    let cas = flags.cas.unwrap_or(0);
+    // memcached reports -1 for an item that never expires.
+    let ttl_left = flags.ttl.and_then(|t| u32::try_from(t).ok());
+    let lease = match (asked_lease, flags.won, flags.held) {
+        (true, true, _) => Lease::Won,
+        (true, false, true) => Lease::Held,
+        _ => Lease::None,
+    };
+    if !flags.stale && (flags.won || flags.held) {
+        // A placeholder: no value yet, only a lease.
+        let found = match asked_lease {
+            true => Found {
+                cas,
+                ttl_left,
+                lease,
+                ..Found::miss()
+            },
+            false => Found::miss(),
+        };
+        return (found, None);
+    }
+    let hand_back = (flags.stale && flags.won && !asked_lease).then_some(cas);
+    let found = Found {
+        value: reply.value,
+        cas,
+        ttl_left,
+        lease,
+        stale: flags.stale,
+    };
+    (found, hand_back)
+}
+
 fn unexpected(shard: &Shard, reply: Reply) -> Error {
     let message = match reply {
         Reply::ServerError(m) | Reply::Text(protocol::Reply::ServerError(m)) => m,
@@ -693,36 +855,40 @@ impl WriteGroup {
             }
         }
     }
-
-    fn one_set(item: Item) -> WriteGroup {
-        WriteGroup::Set(vec![item])
-    }
-
-    fn one_delete(key: Key) -> WriteGroup {
-        WriteGroup::Delete(vec![key])
-    }
 }
 
 impl Store for ShardedStore {
-    async fn get(&self, key: &Key, budget: &Arc<Reservation>) -> GetOutcome {
-        let (value, joined) = self.flights.run(key, || self.read_one(key, budget)).await;
+    async fn get(
+        &self,
+        key: &Key,
+        opts: ReadOptions,
+        budget: &Arc<Reservation>,
+    ) -> Result<Found, Error> {
+        if !opts.is_plain() {
+            // It changes the item (a TTL, a lease): never shared, and no
+            // fallback to a previous owner, whose copy has no lease.
+            self.flights.forget(key);
+            let shard = self.shard_for(key.as_str())?;
+            crate::trace::record_shard(shard.addr());
+            return Self::read_from(&shard, key, opts, budget).await;
+        }
+        let (found, joined) = self.flights.run(key, || self.read_one(key, budget)).await;
         if joined {
             self.metrics.deduplicated_reads.inc();
         }
-        value
+        found
     }
 
-    async fn set(&self, item: Item) -> Result<(), Error> {
+    async fn set(&self, item: Item) -> Result<u64, Error> {
         self.flights.forget(&item.key);
         let pool = self.members.load();
         let shard = &self.shard_in(&pool, item.key.as_str())?;
         crate::trace::record_shard(shard.addr());
-        let key = item.key.clone();
-        Self::write_one(shard, WriteGroup::one_set(item)).await?;
+        let cas = Self::set_on(shard, &item).await?;
         // After the write: a fallback racing it can only `add`, which the
         // new value wins.
-        rebalance::forget_old_copies(&pool, &[&key], &self.metrics).await;
-        Ok(())
+        rebalance::forget_old_copies(&pool, &[&item.key], &self.metrics).await;
+        Ok(cas)
     }
 
     async fn delete(&self, key: &Key) -> Result<bool, Error> {
@@ -732,7 +898,17 @@ impl Store for ShardedStore {
         crate::trace::record_shard(shard.addr());
         // Before the delete, so no fallback finds the old copy after it.
         rebalance::forget_old_copies(&pool, &[key], &self.metrics).await;
-        Self::write_one(shard, WriteGroup::one_delete(key.clone())).await
+        Self::delete_on(shard, key).await
+    }
+
+    async fn invalidate(&self, key: &Key, stale_for: Ttl) -> Result<bool, Error> {
+        self.flights.forget(key);
+        let pool = self.members.load();
+        let shard = &self.shard_in(&pool, key.as_str())?;
+        crate::trace::record_shard(shard.addr());
+        // As for Delete: the previous owner's copy must not come back.
+        rebalance::forget_old_copies(&pool, &[key], &self.metrics).await;
+        Self::remove_on(shard, key, Some(stale_for)).await
     }
 
     async fn increment(&self, inc: Increment) -> Result<u64, Error> {
