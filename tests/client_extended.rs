@@ -124,7 +124,11 @@ async fn check_add(c: &Client) {
 async fn check_replace(c: &Client) {
     let key = unique("replace");
     assert_eq!(c.replace(&key, "nope", None).await.unwrap(), refused());
-    assert_eq!(value(c, &key).await, None, "a refused replace writes nothing");
+    assert_eq!(
+        value(c, &key).await,
+        None,
+        "a refused replace writes nothing"
+    );
     c.set(&key, "old", None).await.unwrap();
     let out = c
         .replace(&key, "new", Some(Duration::from_secs(100)))
@@ -198,7 +202,13 @@ async fn check_get_metadata(c: &Client) {
     let key = unique("meta");
     let miss = c.get_entry(&key).await.unwrap();
     assert_eq!(
-        (miss.value, miss.cas, miss.ttl_remaining, miss.lease, miss.stale),
+        (
+            miss.value,
+            miss.cas,
+            miss.ttl_remaining,
+            miss.lease,
+            miss.stale
+        ),
         (None, 0, None, Lease::None, false),
         "a miss carries no metadata"
     );
@@ -357,7 +367,10 @@ async fn check_outcome(
     failing: Vec<String>,
     stored: Vec<String>,
 ) {
-    assert_eq!(outcome.count, 2, "refused items are not counted: {outcome:?}");
+    assert_eq!(
+        outcome.count, 2,
+        "refused items are not counted: {outcome:?}"
+    );
     let mut want: Vec<_> = failing
         .iter()
         .map(|k| (k.clone(), Code::FailedPrecondition))
@@ -398,7 +411,11 @@ async fn check_get_or_fill(c: &Client) {
     assert_eq!(v, "computed");
     assert_eq!(fills.load(Ordering::SeqCst), 1);
     let e = c.get_entry(&key).await.unwrap();
-    assert_eq!(text(&e.value), Some("computed"), "the filled value is stored");
+    assert_eq!(
+        text(&e.value),
+        Some("computed"),
+        "the filled value is stored"
+    );
     assert_ttl(e.ttl_remaining, 98..=100, "with the fill's TTL");
 
     // A hit does not call fill.

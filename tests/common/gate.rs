@@ -14,7 +14,7 @@ use super::{Memcached, Memgate};
 /// A running memgate: in-process or a child process (killed on drop).
 pub enum Gate {
     /// Served by this test process.
-    InProcess(Memgate),
+    InProcess(Box<Memgate>),
     /// `$MEMGATE_BIN`, spawned.
     Spawned {
         /// Where it listens.
@@ -40,11 +40,11 @@ impl Gate {
 
     async fn start(addrs: &[String]) -> Gate {
         let Some(bin) = std::env::var_os("MEMGATE_BIN") else {
-            return Gate::InProcess(if addrs.is_empty() {
+            return Gate::InProcess(Box::new(if addrs.is_empty() {
                 Memgate::embedded().await
             } else {
                 Memgate::start(super::config_for_addrs(addrs)).await
-            });
+            }));
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
