@@ -17,7 +17,7 @@ use memgate_server::store::budget::ByteBudget;
 use memgate_server::store::memcached::ring::{Placement, Ring, ShardSpec};
 use memgate_server::store::memcached::shard::PoolSettings;
 use memgate_server::store::memcached::{OnShardDown, ShardedStore};
-use memgate_server::store::{Increment, Item, Store};
+use memgate_server::store::{Condition, Increment, Item, ReadOptions, Store};
 
 fn settings() -> PoolSettings {
     PoolSettings {
@@ -67,6 +67,7 @@ async fn write_all(store: &ShardedStore, keys: &[Key]) {
             key: k.clone(),
             value: value(k),
             ttl: Ttl::from_secs(3600),
+            condition: Condition::Always,
         })
         .collect();
     for r in store.set_many(items).await {
@@ -121,7 +122,15 @@ async fn a_server_joins_and_moved_keys_stay_hits_and_move_over() {
     let budget = budget();
     let (single, batch) = keys.split_at(1000);
     for k in single {
-        assert_eq!(store.get(k, &budget).await.unwrap(), Some(value(k)), "{k}");
+        assert_eq!(
+            store
+                .get(k, ReadOptions::default(), &budget)
+                .await
+                .unwrap()
+                .value,
+            Some(value(k)),
+            "{k}"
+        );
     }
     let got = store.get_many(batch, &budget).await.unwrap();
     for (k, v) in batch.iter().zip(got) {
@@ -142,7 +151,14 @@ async fn a_server_joins_and_moved_keys_stay_hits_and_move_over() {
     // Read again: no fallback needed any more.
     let reads = cache.rebalance_fallback_reads.get();
     for k in &moved[..50] {
-        assert_eq!(store.get(k, &budget).await.unwrap(), Some(value(k)));
+        assert_eq!(
+            store
+                .get(k, ReadOptions::default(), &budget)
+                .await
+                .unwrap()
+                .value,
+            Some(value(k))
+        );
     }
     assert_eq!(cache.rebalance_fallback_reads.get(), reads);
 }
@@ -168,6 +184,7 @@ async fn writes_and_deletes_in_the_window_are_not_undone_by_a_fallback() {
                 key: (*k).clone(),
                 value: Bytes::from_static(b"new"),
                 ttl: Ttl::from_secs(0),
+                condition: Condition::Always,
             })
             .await
             .unwrap();
@@ -179,16 +196,37 @@ async fn writes_and_deletes_in_the_window_are_not_undone_by_a_fallback() {
     }
     for k in rewritten {
         assert_eq!(
-            store.get(k, &budget).await.unwrap().as_deref(),
+            store
+                .get(k, ReadOptions::default(), &budget)
+                .await
+                .unwrap()
+                .value
+                .as_deref(),
             Some(&b"new"[..])
         );
         // Evicted from the new server (or flushed): the old value must not
         // come back through the fallback.
         delete_directly(&fourth, k).await;
-        assert_eq!(store.get(k, &budget).await.unwrap(), None, "{k} came back");
+        assert_eq!(
+            store
+                .get(k, ReadOptions::default(), &budget)
+                .await
+                .unwrap()
+                .value,
+            None,
+            "{k} came back"
+        );
     }
     for k in deleted {
-        assert_eq!(store.get(k, &budget).await.unwrap(), None, "{k} came back");
+        assert_eq!(
+            store
+                .get(k, ReadOptions::default(), &budget)
+                .await
+                .unwrap()
+                .value,
+            None,
+            "{k} came back"
+        );
     }
 }
 
@@ -217,13 +255,26 @@ async fn an_increment_in_the_window_is_not_undone_by_a_fallback() {
         };
         assert_eq!(store.increment(inc).await.unwrap(), 7);
         assert_eq!(
-            store.get(k, &budget).await.unwrap().as_deref(),
+            store
+                .get(k, ReadOptions::default(), &budget)
+                .await
+                .unwrap()
+                .value
+                .as_deref(),
             Some(&b"7"[..])
         );
         // Gone from the new server: the value from before the increment
         // must not come back through the fallback.
         delete_directly(&fourth, k).await;
-        assert_eq!(store.get(k, &budget).await.unwrap(), None, "{k} came back");
+        assert_eq!(
+            store
+                .get(k, ReadOptions::default(), &budget)
+                .await
+                .unwrap()
+                .value,
+            None,
+            "{k} came back"
+        );
     }
 }
 
@@ -241,7 +292,15 @@ async fn a_server_leaves_and_its_keys_are_found_until_the_window_closes() {
     assert_eq!(change.removed, vec![mcs[2].addr.clone()]);
     let budget = budget();
     for k in &on_leaving {
-        assert_eq!(store.get(k, &budget).await.unwrap(), Some(value(k)), "{k}");
+        assert_eq!(
+            store
+                .get(k, ReadOptions::default(), &budget)
+                .await
+                .unwrap()
+                .value,
+            Some(value(k)),
+            "{k}"
+        );
     }
     assert_eq!(
         metrics.cache.rebalance_copies.get(),
@@ -263,7 +322,11 @@ async fn without_a_window_moved_keys_miss() {
     let new_specs = specs(&four);
     let budget = budget();
     for k in &keys {
-        let got = store.get(k, &budget).await.unwrap();
+        let got = store
+            .get(k, ReadOptions::default(), &budget)
+            .await
+            .unwrap()
+            .value;
         if owner(&new_specs, k) == 3 {
             assert_eq!(got, None, "{k}: nothing to fall back to");
         } else {

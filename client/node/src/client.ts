@@ -8,6 +8,7 @@ import {
   Metadata,
   type ServiceError,
 } from "@grpc/grpc-js";
+import { setTimeout as sleep } from "node:timers/promises";
 
 import { HealthCheckResponse_ServingStatus, HealthClient } from "./gen/grpc/health/v1/health";
 import {
@@ -18,6 +19,8 @@ import {
   type IncrementRequest,
   type KeyError as PbKeyError,
   type KeyLocation,
+  LeaseState,
+  SetCondition,
   type SetRequest,
   type StatsResponse,
 } from "./gen/memgate/v1/cache";
@@ -81,6 +84,94 @@ export interface SetOptions extends CallOptions {
   ttlSeconds?: number;
 }
 
+/** Options of {@link MemgateClient.getItem}. */
+export interface GetItemOptions extends CallOptions {
+  /**
+   * Get-and-touch: a hit also gets this TTL (seconds, a uint32; 0: never
+   * expires), and `ttlRemainingSeconds` reports the new TTL.
+   */
+  touchTtlSeconds?: number;
+  /**
+   * Stampede protection (seconds, a uint32): a miss creates a placeholder
+   * living this long and exactly one caller (across every memgate replica)
+   * gets `lease: "won"`, the others `"held"` until the winner's set or the
+   * placeholder's expiry. Absent: no lease is taken or reported.
+   */
+  leaseTtlSeconds?: number;
+}
+
+/**
+ * Who refills a missing or stale key, from a {@link MemgateClient.getItem}
+ * with `leaseTtlSeconds`: `"won"`: this caller should compute the value and
+ * set it; `"held"`: another caller is doing so (use the stale value if there
+ * is one, or retry shortly); `"none"`: no lease (a fresh hit, or no
+ * `leaseTtlSeconds`).
+ */
+export type Lease = "none" | "won" | "held";
+
+/** What {@link MemgateClient.getItem} resolves to. */
+export interface GetItemResult {
+  /**
+   * Whether the key holds a value (a stale one included). A lease
+   * placeholder is not a value: `found: false`.
+   */
+  found: boolean;
+  /** The stored bytes when found; undefined on a miss. */
+  value: Buffer | undefined;
+  /**
+   * The item's CAS token, for {@link MemgateClient.cas}; 0 on a miss and on
+   * text-protocol shards; with a lease (`found: false`) the placeholder's
+   * token. A number, like every 64-bit number in this client.
+   */
+  cas: number;
+  /** Seconds the item has left; undefined when it never expires and on a miss. */
+  ttlRemainingSeconds: number | undefined;
+  /** Who refills the key (only with `leaseTtlSeconds`; otherwise `"none"`). */
+  lease: Lease;
+  /**
+   * The value was invalidated ({@link MemgateClient.delete} with
+   * `invalidate`): usable, but old, and being (or about to be) refreshed.
+   */
+  stale: boolean;
+}
+
+/** What the conditional sets ({@link MemgateClient.add}, `replace`, `cas`) resolve to. */
+export interface SetResult {
+  /** False when the condition did not hold (nothing was written). */
+  stored: boolean;
+  /** The item's new CAS token when stored; 0 otherwise (and on text-protocol shards). */
+  cas: number;
+}
+
+/** Options of {@link MemgateClient.delete}. */
+export interface DeleteOptions extends CallOptions {
+  /**
+   * Instead of removing the item, mark it stale: getItem keeps answering it
+   * (`found`, `stale: true`, the old value) for the server's --stale-ttl
+   * (30 s by default), and the first getItem with `leaseTtlSeconds` wins
+   * the lease to refresh it.
+   */
+  invalidate?: boolean;
+}
+
+/** Options of {@link MemgateClient.getOrFill}. */
+export interface GetOrFillOptions extends CallOptions {
+  /** TTL of the filled value (absent: the server's --default-ttl; 0: never expires). */
+  ttlSeconds?: number;
+  /** How long the lease (the placeholder) lives, in seconds (default 10). */
+  leaseTtlSeconds?: number;
+  /**
+   * How long to wait, in milliseconds from the call's start, for another
+   * caller's fill before filling anyway (default 5000).
+   */
+  waitMs?: number;
+}
+
+/** Default lease of {@link MemgateClient.getOrFill}, in seconds. */
+export const DEFAULT_LEASE_TTL_SECONDS = 10;
+/** Default wait of {@link MemgateClient.getOrFill} for another caller's fill, in milliseconds. */
+export const DEFAULT_FILL_WAIT_MS = 5_000;
+
 /** Options of {@link MemgateClient.increment}. */
 export interface IncrementOptions extends CallOptions {
   /**
@@ -107,12 +198,26 @@ export type Stats = StatsResponse;
 /** Where one key lives: `{ key, shard, up }` (see {@link MemgateClient.locate}). */
 export type { KeyLocation };
 
+/**
+ * A batch item's condition: `"absent"` stores only if the key does not
+ * exist (add), `"present"` only if it does (replace), `"cas"` only if its
+ * CAS token is still the item's `cas`. Absent: always store.
+ */
+export type SetItemCondition = "absent" | "present" | "cas";
+
 /** One item to store. */
 export interface SetItem {
   key: string;
   value: Value;
   /** Overrides the call's ttlSeconds for this item. */
   ttlSeconds?: number;
+  /**
+   * Store only if this holds; one that does not is a per-key failure with
+   * code FAILED_PRECONDITION (9), not counted as stored.
+   */
+  condition?: SetItemCondition;
+  /** With `condition: "cas"` (and only then): the CAS token the item must still have. */
+  cas?: number;
 }
 
 /**
@@ -199,6 +304,31 @@ export class MemgateClient {
   }
 
   /**
+   * Reads one key with its metadata: `{ found, value, cas,
+   * ttlRemainingSeconds, lease, stale }`. `touchTtlSeconds` also sets a new
+   * TTL on a hit (get-and-touch); `leaseTtlSeconds` takes a lease on a miss
+   * or a stale item (see {@link GetItemOptions}, and {@link getOrFill},
+   * which does the whole dance).
+   */
+  async getItem(key: string, options: GetItemOptions = {}): Promise<GetItemResult> {
+    const k = checkKey(key);
+    const req: GetRequest = {
+      key: k,
+      touchTtlSeconds: checkUint32(options.touchTtlSeconds, "touchTtlSeconds", k),
+      leaseTtlSeconds: checkUint32(options.leaseTtlSeconds, "leaseTtlSeconds", k),
+    };
+    const res = await this.unary(this.cache, this.cache.get, req, options);
+    return {
+      found: res.found,
+      value: res.found ? res.value : undefined,
+      cas: res.cas,
+      ttlRemainingSeconds: res.ttlRemainingSeconds,
+      lease: leaseName(res.lease),
+      stale: res.stale,
+    };
+  }
+
+  /**
    * Stores a value; resolves once memcached acknowledged it. A string is
    * stored as its UTF-8 bytes.
    */
@@ -207,11 +337,123 @@ export class MemgateClient {
     await this.unary(this.cache, this.cache.set, req, options);
   }
 
-  /** Removes a key; resolves to whether it existed. */
-  async delete(key: string, options?: CallOptions): Promise<boolean> {
-    const req: DeleteRequest = { key: checkKey(key) };
+  /**
+   * Add: stores the value only if the key does not exist (a lease
+   * placeholder or a stale item exists). Resolves to `{ stored, cas }`; a
+   * condition that does not hold is `stored: false`, not an error.
+   */
+  async add(key: string, value: Value, options: SetOptions = {}): Promise<SetResult> {
+    return this.conditionalSet(key, value, SetCondition.SET_CONDITION_ABSENT, 0, options);
+  }
+
+  /**
+   * Replace: stores the value only if the key exists (a lease placeholder
+   * or a stale item counts). Resolves to `{ stored, cas }`.
+   */
+  async replace(key: string, value: Value, options: SetOptions = {}): Promise<SetResult> {
+    return this.conditionalSet(key, value, SetCondition.SET_CONDITION_PRESENT, 0, options);
+  }
+
+  /**
+   * Compare-and-swap: stores the value only if the item's CAS token is
+   * still `cas` (from {@link getItem}, or a previous set's result). A
+   * missing key never matches, nor does token 0 (what getItem reports on a
+   * miss). Resolves to `{ stored, cas }`, `cas` being
+   * the new token when stored.
+   */
+  async cas(key: string, value: Value, cas: number, options: SetOptions = {}): Promise<SetResult> {
+    const k = checkKey(key);
+    return this.conditionalSet(k, value, SetCondition.SET_CONDITION_CAS_MATCH, checkCas(cas, k), options);
+  }
+
+  private async conditionalSet(
+    key: string,
+    value: Value,
+    condition: SetCondition,
+    cas: number,
+    options: SetOptions,
+  ): Promise<SetResult> {
+    const req: SetRequest = { ...setRequest(key, value, options.ttlSeconds), condition, cas };
+    const res = await this.unary(this.cache, this.cache.set, req, options);
+    return { stored: res.stored, cas: res.cas };
+  }
+
+  /**
+   * Removes a key; resolves to whether it existed. With `invalidate` the
+   * item is marked stale instead of removed (see {@link DeleteOptions}).
+   */
+  async delete(key: string, options: DeleteOptions = {}): Promise<boolean> {
+    const k = checkKey(key);
+    if (options.invalidate !== undefined && typeof options.invalidate !== "boolean") {
+      throw invalidArgument(`invalidate for key ${JSON.stringify(k)} must be a boolean, not ${describe(options.invalidate)}`);
+    }
+    const req: DeleteRequest = { key: k, invalidate: options.invalidate ?? false };
     const res = await this.unary(this.cache, this.cache.delete, req, options);
     return res.deleted;
+  }
+
+  /**
+   * Reads `key`, computing and storing it with `fill` on a miss, with
+   * stampede protection: of many concurrent callers (across every memgate
+   * replica) only the one that wins the lease calls `fill`; the others wait
+   * for its value (a jittered backoff, 5 ms doubling to 100 ms) for up to
+   * `waitMs`, then fill themselves. A stale value (after a delete with
+   * `invalidate`) is returned at once, except to the one caller that wins
+   * the lease, which refreshes it.
+   *
+   * Resolves to the value's bytes. If `fill` throws (or rejects) after this
+   * caller won the lease, the lease is released (the placeholder deleted,
+   * so the next caller can win at once) and the error is rethrown
+   * unchanged. Errors of the underlying get and set calls propagate as
+   * MemgateErrors. `timeoutMs` applies to each call, not to the whole.
+   */
+  async getOrFill(key: string, fill: () => Value | PromiseLike<Value>, options: GetOrFillOptions = {}): Promise<Buffer> {
+    const started = Date.now();
+    const k = checkKey(key);
+    if (typeof fill !== "function") throw invalidArgument(`fill must be a function, not ${describe(fill)}`);
+    const ttlSeconds = checkTtl(options.ttlSeconds, k);
+    const leaseTtlSeconds = options.leaseTtlSeconds ?? DEFAULT_LEASE_TTL_SECONDS;
+    if (!isUint32(leaseTtlSeconds) || leaseTtlSeconds === 0) {
+      throw invalidArgument(`leaseTtlSeconds for key ${JSON.stringify(k)} must be an integer from 1 to ${UINT32_MAX}, not ${String(leaseTtlSeconds)}`);
+    }
+    const waitMs = options.waitMs ?? DEFAULT_FILL_WAIT_MS;
+    if (typeof waitMs !== "number" || !(waitMs >= 0)) {
+      throw invalidArgument(`waitMs must be a non-negative number of milliseconds, not ${String(waitMs)}`);
+    }
+    const call: CallOptions = options.timeoutMs === undefined ? {} : { timeoutMs: options.timeoutMs };
+
+    const fillAndSet = async (): Promise<Buffer> => {
+      const value = toBuffer(await fill(), k);
+      await this.set(k, value, { ...call, ttlSeconds });
+      return value;
+    };
+
+    let backoffMs = FILL_BACKOFF_START_MS;
+    for (;;) {
+      const r = await this.getItem(k, { ...call, leaseTtlSeconds });
+      if (r.found) {
+        // A fresh value; or a stale one, refreshed by the lease's winner only.
+        if (r.stale && r.lease === "won") return fillAndSet();
+        return r.value as Buffer;
+      }
+      if (r.lease === "won") {
+        let value: Buffer;
+        try {
+          value = toBuffer(await fill(), k);
+        } catch (err) {
+          // Release the lease so that another caller can win it at once.
+          await this.delete(k, call).catch(() => {});
+          throw err;
+        }
+        await this.set(k, value, { ...call, ttlSeconds });
+        return value;
+      }
+      if (r.lease !== "held") return fillAndSet(); // no lease (should not happen)
+      const remaining = started + waitMs - Date.now();
+      if (remaining <= 0) return fillAndSet(); // waited long enough for the winner
+      await sleep(Math.min(backoffMs * (0.5 + Math.random()), remaining));
+      backoffMs = Math.min(backoffMs * 2, FILL_BACKOFF_MAX_MS);
+    }
   }
 
   /**
@@ -360,7 +602,7 @@ export class MemgateClient {
           cb(err, res && { deleted: res.deleted, errors: res.errors.map(keyError) }),
         ),
       keys,
-      (key) => ({ key: checkKey(key) }),
+      (key) => ({ key: checkKey(key), invalidate: false }),
       options,
     );
   }
@@ -562,6 +804,42 @@ function drained(call: NodeJS.EventEmitter): Promise<void> {
 }
 
 const UINT32_MAX = 0xffff_ffff;
+const FILL_BACKOFF_START_MS = 5;
+const FILL_BACKOFF_MAX_MS = 100;
+
+function leaseName(lease: LeaseState): Lease {
+  switch (lease) {
+    case LeaseState.LEASE_STATE_WON:
+      return "won";
+    case LeaseState.LEASE_STATE_HELD:
+      return "held";
+    default:
+      return "none";
+  }
+}
+
+function checkUint32(n: unknown, what: string, key: string): number | undefined {
+  if (n === undefined) return undefined;
+  if (!isUint32(n)) {
+    throw invalidArgument(`${what} for key ${JSON.stringify(key)} must be an integer from 0 to ${UINT32_MAX}, not ${String(n)}`);
+  }
+  return n;
+}
+
+function checkCas(cas: unknown, key: string): number {
+  if (!(typeof cas === "number" && Number.isSafeInteger(cas) && cas >= 0)) {
+    throw invalidArgument(
+      `the CAS token for key ${JSON.stringify(key)} must be an integer from 0 to ${Number.MAX_SAFE_INTEGER} (from getItem or a set), not ${String(cas)}`,
+    );
+  }
+  return cas;
+}
+
+const ITEM_CONDITIONS: Readonly<Record<SetItemCondition, SetCondition>> = {
+  absent: SetCondition.SET_CONDITION_ABSENT,
+  present: SetCondition.SET_CONDITION_PRESENT,
+  cas: SetCondition.SET_CONDITION_CAS_MATCH,
+};
 
 function isUint32(n: unknown): n is number {
   return typeof n === "number" && Number.isInteger(n) && n >= 0 && n <= UINT32_MAX;
@@ -606,14 +884,31 @@ function toBuffer(value: unknown, key: string): Buffer {
 
 function setRequest(key: unknown, value: unknown, ttl: unknown): SetRequest {
   const k = checkKey(key);
-  return { key: k, value: toBuffer(value, k), ttlSeconds: checkTtl(ttl, k) };
+  return { key: k, value: toBuffer(value, k), ttlSeconds: checkTtl(ttl, k), condition: SetCondition.SET_CONDITION_UNSPECIFIED, cas: 0 };
 }
 
 function setItemRequest(item: SetItem, defaultTtl: number | undefined): SetRequest {
   if (item === null || typeof item !== "object") {
     throw invalidArgument(`an item must be an object {key, value, ttlSeconds?}, not ${describe(item)}`);
   }
-  return setRequest(item.key, item.value, item.ttlSeconds ?? defaultTtl);
+  const req = setRequest(item.key, item.value, item.ttlSeconds ?? defaultTtl);
+  const { condition, cas } = item;
+  if (condition === undefined) {
+    if (cas !== undefined) {
+      throw invalidArgument(`the item for key ${JSON.stringify(req.key)} has a cas but no condition: add condition: "cas"`);
+    }
+    return req;
+  }
+  if (!Object.hasOwn(ITEM_CONDITIONS, condition)) {
+    throw invalidArgument(
+      `the condition of the item for key ${JSON.stringify(req.key)} must be "absent", "present" or "cas", not ${JSON.stringify(condition)}`,
+    );
+  }
+  if (condition === "cas") return { ...req, condition: ITEM_CONDITIONS.cas, cas: checkCas(cas, req.key) };
+  if (cas !== undefined) {
+    throw invalidArgument(`the item for key ${JSON.stringify(req.key)} has a cas but condition ${JSON.stringify(condition)}`);
+  }
+  return { ...req, condition: ITEM_CONDITIONS[condition] };
 }
 
 function* setRequests(entries: SetEntries, defaultTtl: number | undefined): Generator<SetRequest> {

@@ -352,3 +352,230 @@ def test_locate_and_stats(target: str, prefix: str, memcached: List[str]) -> Non
         assert all(shard.up is True for shard in stats.shards), [s.error for s in stats.shards]
 
     run(target, test)
+
+
+# -- conditional writes, get_item, leases, invalidation, get_or_fill -----
+
+NOT_STORED = memgate.SetResult(stored=False, cas=0)
+
+
+def test_conditional_writes(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        key = prefix + "k"
+        assert await c.replace(key, b"v") == NOT_STORED
+        assert await c.get(key) is None
+        added = await c.add(key, b"first", ttl=100)
+        assert added and added.cas != 0
+        assert await c.add(key, b"second") == NOT_STORED
+        item = await c.get_item(key)
+        assert (item.value, item.found, item.cas, item.stale) == (b"first", True, added.cas, False)
+        assert item.ttl_remaining is not None and 90 <= item.ttl_remaining <= 100
+        replaced = await c.replace(key, b"replaced")
+        assert replaced and replaced.cas not in (0, added.cas)
+        assert await c.cas(key, b"swapped", added.cas) == NOT_STORED  # spent token
+        swapped = await c.cas(key, b"swapped", replaced.cas)
+        assert swapped and (await c.get_item(key)).cas == swapped.cas
+        assert await c.get(key) == b"swapped"
+        assert await c.cas(prefix + "missing", b"v", swapped.cas) == NOT_STORED
+        stored = await c.set(key, b"plain")
+        assert stored.stored is True and stored.cas not in (0, swapped.cas)
+
+    run(target, test)
+
+
+def test_cas_race_has_exactly_one_winner(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        key = prefix + "k"
+        token = (await c.set(key, b"start")).cas
+        results = await asyncio.gather(*(c.cas(key, f"writer {i}", token) for i in range(16)))
+        winners = [i for i, r in enumerate(results) if r.stored]
+        assert len(winners) == 1, results
+        assert sum(r == NOT_STORED for r in results) == 15
+        item = await c.get_item(key)
+        assert item.value == f"writer {winners[0]}".encode()
+        assert item.cas == results[winners[0]].cas
+
+    run(target, test)
+
+
+def test_get_item_touch_lease_and_invalidate(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        miss = await c.get_item(prefix + "missing")
+        assert miss == memgate.Item(None, False, 0, None, memgate.Lease.NONE, False)
+
+        key = prefix + "touched"
+        await c.set(key, b"v", ttl=100)
+        touched = await c.get_item(key, touch_ttl=5000)
+        assert touched.ttl_remaining is not None and 4990 <= touched.ttl_remaining <= 5000
+        again = await c.get_item(key)
+        assert again.ttl_remaining is not None and 4990 <= again.ttl_remaining <= 5000
+
+        key = prefix + "leased"
+        won = await c.get_item(key, lease_ttl=10)
+        assert (won.found, won.lease) == (False, memgate.Lease.WON) and won.cas != 0
+        held = await c.get_item(key, lease_ttl=10)
+        assert (held.found, held.lease) == (False, memgate.Lease.HELD)
+        assert await c.get(key) is None
+        await c.set(key, b"filled")
+        after = await c.get_item(key, lease_ttl=10)
+        assert (after.found, after.value, after.lease) == (True, b"filled", memgate.Lease.NONE)
+
+        assert await c.delete(key, invalidate=True) is True
+        stale = await c.get_item(key)
+        assert (stale.found, stale.value, stale.stale) == (True, b"filled", True)
+        won = await c.get_item(key, lease_ttl=10)
+        assert (won.value, won.stale, won.lease) == (b"filled", True, memgate.Lease.WON)
+        held = await c.get_item(key, lease_ttl=10)
+        assert (held.value, held.stale, held.lease) == (b"filled", True, memgate.Lease.HELD)
+        await c.set(key, b"new")
+        fresh = await c.get_item(key)
+        assert (fresh.value, fresh.stale) == (b"new", False)
+        assert await c.delete(prefix + "missing", invalidate=True) is False
+
+    run(target, test)
+
+
+def test_set_many_with_a_failing_condition(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        exists, a = prefix + "exists", prefix + "a"
+        await c.set(exists, b"old")
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await c.set_many({exists: b"new", a: b"1"}, condition=memgate.Condition.ABSENT)
+        assert excinfo.value.code == grpc.StatusCode.UNKNOWN
+        assert excinfo.value.key_error_codes == {exists: grpc.StatusCode.FAILED_PRECONDITION}
+        assert excinfo.value.details.startswith("1 of 2 item(s) were not stored")
+        assert await c.get_many([exists, a]) == {exists: b"old", a: b"1"}
+
+        token = (await c.get_item(a)).cas
+        stored = await c.set_many(
+            {a: b"2"}, condition=memgate.Condition.CAS_MATCH, cas={a: token}
+        )
+        assert stored == 1 and await c.get(a) == b"2"
+
+        with pytest.raises(memgate.MemgateError) as excinfo:
+            await c.set_stream(
+                agen((exists, b"x"), (prefix + "missing", b"y")),
+                condition=memgate.Condition.PRESENT,
+            )
+        missing = {prefix + "missing": grpc.StatusCode.FAILED_PRECONDITION}
+        assert excinfo.value.key_error_codes == missing
+        assert await c.get_many([exists, prefix + "missing"]) == {exists: b"x"}
+
+    run(target, test)
+
+
+def test_get_or_fill_concurrent_tasks_fill_once(target: str, prefix: str) -> None:
+    """50 tasks ask for one missing key: one (async) fill runs while, as
+    checked, every other task has been told HELD; all get its value."""
+    callers = 50
+    held: set[asyncio.Task[object]] = set()
+    won: List[object] = []
+
+    class Observed(memgate.aio.Client):
+        async def get_item(self, key: str, **options: object) -> memgate.Item:
+            item = await super().get_item(key, **options)  # type: ignore[arg-type]
+            if item.lease == memgate.Lease.WON:
+                won.append(asyncio.current_task())
+            elif item.lease == memgate.Lease.HELD:
+                task = asyncio.current_task()
+                assert task is not None
+                held.add(task)
+            return item
+
+    fills: List[object] = []
+
+    async def main() -> List[bytes]:
+        async with Observed(target) as c:
+
+            async def fill() -> bytes:
+                fills.append(asyncio.current_task())
+
+                async def all_held() -> bool:
+                    return len(held) == callers - 1
+
+                await eventually(all_held, "every other task to be told HELD", timeout=10)
+                return b"filled"
+
+            calls = (c.get_or_fill(prefix + "k", fill, 60, wait=30) for _ in range(callers))
+            return await asyncio.gather(*calls)
+
+    assert asyncio.run(main()) == [b"filled"] * callers
+    assert len(fills) == 1
+    assert won == fills
+
+
+def test_get_or_fill_serves_stale_at_once_while_one_task_refreshes(
+    target: str, prefix: str
+) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        key = prefix + "k"
+        await c.set(key, b"old")
+        await c.delete(key, invalidate=True)
+        callers = 20
+        stale_served = asyncio.Event()
+        results: List[bytes] = []
+        fills = 0
+
+        async def fill() -> bytes:
+            nonlocal fills
+            fills += 1
+            await asyncio.wait_for(stale_served.wait(), 20)
+            return b"new"
+
+        async def call() -> None:
+            results.append(await c.get_or_fill(key, fill, 60, wait=30))
+            if results.count(b"old") == callers - 1:
+                stale_served.set()
+
+        await asyncio.gather(*(call() for _ in range(callers)))
+        assert fills == 1
+        assert sorted(results) == [b"new"] + [b"old"] * (callers - 1)
+        item = await c.get_item(key)
+        assert (item.value, item.stale) == (b"new", False)
+
+    run(target, test)
+
+
+def test_get_or_fill_takes_a_plain_fill_and_releases_on_failure(
+    target: str, prefix: str
+) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        key = prefix + "k"
+
+        async def fail() -> bytes:
+            raise RuntimeError("backend down")
+
+        with pytest.raises(RuntimeError, match="backend down"):
+            await c.get_or_fill(key, fail, 60, lease_ttl=30)
+        # Released: the next reader wins at once instead of HELD for 30 s.
+        assert (await c.get_item(key, lease_ttl=30)).lease == memgate.Lease.WON
+        await c.delete(key)
+
+        assert await c.get_or_fill(key, lambda: "plain ✓", 100) == "plain ✓".encode()
+
+        def never() -> bytes:
+            raise AssertionError("fill must not be called")
+
+        assert await c.get_or_fill(key, never, 100) == "plain ✓".encode()
+        item = await c.get_item(key)
+        assert item.ttl_remaining is not None and 90 <= item.ttl_remaining <= 100
+
+    run(target, test)
+
+
+def test_get_or_fill_fills_itself_after_waiting(target: str, prefix: str) -> None:
+    async def test(c: memgate.aio.Client) -> None:
+        key = prefix + "k"
+        assert (await c.get_item(key, lease_ttl=60)).lease == memgate.Lease.WON
+        started = time.monotonic()
+        filled_at: List[float] = []
+
+        async def fill() -> bytes:
+            filled_at.append(time.monotonic() - started)
+            return b"mine"
+
+        assert await c.get_or_fill(key, fill, 60, wait=0.3) == b"mine"
+        assert len(filled_at) == 1 and 0.3 <= filled_at[0] < 2.0
+        assert await c.get(key) == b"mine"
+
+    run(target, test)

@@ -673,3 +673,420 @@ def test_stats_lists_every_shard_as_up(client: memgate.Client, memcached: List[s
         assert shard.HasField("backend")
     assert sum(shard.ring_share for shard in stats.shards) == pytest.approx(1.0)
     assert any(m.method == "Stats" for m in stats.counters.methods)
+
+
+# -- conditional writes, get_item, leases, invalidation, get_or_fill -----
+
+FP = grpc.StatusCode.FAILED_PRECONDITION
+NOT_STORED = memgate.SetResult(stored=False, cas=0)
+
+
+def test_set_returns_the_new_cas(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    first = client.set(key, b"1")
+    assert first.stored is True and first.cas != 0
+    second = client.set(key, b"2")
+    assert second.stored is True and second.cas not in (0, first.cas)
+    assert client.get_item(key).cas == second.cas
+
+
+def test_add_stores_only_if_the_key_is_absent(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    added = client.add(key, b"first")
+    assert added and added.stored is True and added.cas != 0
+    assert client.get_item(key).cas == added.cas
+    refused = client.add(key, b"second")
+    assert refused == NOT_STORED and not refused  # not an error
+    assert client.get(key) == b"first"
+
+
+def test_replace_stores_only_if_the_key_is_present(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    assert client.replace(key, b"v") == NOT_STORED
+    assert client.get(key) is None  # nothing was created
+    client.set(key, b"old")
+    replaced = client.replace(key, b"new", ttl=100)
+    assert replaced and replaced.cas != 0
+    item = client.get_item(key)
+    assert (item.value, item.cas) == (b"new", replaced.cas)
+    assert item.ttl_remaining is not None and 90 <= item.ttl_remaining <= 100
+
+
+def test_cas_swaps_only_with_the_current_token(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    token = client.set(key, b"1").cas
+    assert client.get_item(key).cas == token
+    swapped = client.cas(key, b"2", token)
+    assert swapped and swapped.cas not in (0, token)
+    assert client.cas(key, b"3", token) == NOT_STORED  # the token is spent
+    assert client.cas(key, b"3", swapped.cas + 1) == NOT_STORED  # a wrong token
+    assert client.get(key) == b"2"
+    assert client.cas(key, b"3", swapped.cas)  # the current one works
+    assert client.get(key) == b"3"
+    # A missing key never matches, and is not created.
+    assert client.cas(prefix + "missing", b"v", swapped.cas) == NOT_STORED
+    assert client.get(prefix + "missing") is None
+
+
+def test_cas_race_has_exactly_one_winner(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    token = client.set(key, b"start").cas
+    writers = 16
+    start = threading.Barrier(writers)
+    results: Dict[int, memgate.SetResult] = {}
+
+    def write(i: int) -> None:
+        start.wait()
+        results[i] = client.cas(key, f"writer {i}", token)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, r in results.items() if r.stored]
+    assert len(results) == writers
+    assert len(winners) == 1, results
+    assert all(r == NOT_STORED for i, r in results.items() if i != winners[0])
+    item = client.get_item(key)
+    assert item.value == f"writer {winners[0]}".encode()
+    assert item.cas == results[winners[0]].cas
+
+
+def test_get_item_of_a_miss(client: memgate.Client, prefix: str) -> None:
+    assert client.get_item(prefix + "missing") == memgate.Item(
+        value=None, found=False, cas=0, ttl_remaining=None, lease=memgate.Lease.NONE, stale=False
+    )
+
+
+def test_get_item_reports_cas_and_ttl(client: memgate.Client, prefix: str) -> None:
+    stored = client.set(prefix + "ttl", b"v", ttl=100)
+    item = client.get_item(prefix + "ttl")
+    assert (item.value, item.found, item.cas, item.stale) == (b"v", True, stored.cas, False)
+    assert item.lease == memgate.Lease.NONE
+    assert item.ttl_remaining is not None and 90 <= item.ttl_remaining <= 100
+    client.set(prefix + "forever", b"", ttl=0)
+    forever = client.get_item(prefix + "forever")
+    assert (forever.value, forever.found, forever.ttl_remaining) == (b"", True, None)
+
+
+def test_get_and_touch_changes_the_ttl(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    client.set(key, b"v", ttl=100)
+    touched = client.get_item(key, touch_ttl=5000)
+    assert touched.value == b"v"
+    assert touched.ttl_remaining is not None and 4990 <= touched.ttl_remaining <= 5000
+    again = client.get_item(key)  # read back: the new TTL stuck
+    assert again.ttl_remaining is not None and 4990 <= again.ttl_remaining <= 5000
+    assert client.get_item(key, touch_ttl=1).value == b"v"
+    wait_for(lambda: client.get(key) is None, "the touched item to expire", timeout=5.0)
+    assert client.get_item(prefix + "missing", touch_ttl=60).found is False
+
+
+def test_lease_first_reader_wins_the_others_hold(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    won = client.get_item(key, lease_ttl=10)
+    assert (won.found, won.value, won.lease, won.stale) == (False, None, memgate.Lease.WON, False)
+    assert won.cas != 0  # the placeholder's token
+    held = client.get_item(key, lease_ttl=10)
+    assert (held.found, held.value, held.lease) == (False, None, memgate.Lease.HELD)
+    assert client.get_item(key, lease_ttl=10).lease == memgate.Lease.HELD
+    # A placeholder is never a value, and without lease_ttl no lease is reported.
+    assert client.get(key) is None
+    assert client.get_item(key).lease == memgate.Lease.NONE
+    assert client.add(key, b"x") == NOT_STORED  # the placeholder exists
+    client.set(key, b"filled")
+    after = client.get_item(key, lease_ttl=10)
+    assert (after.found, after.value, after.lease) == (True, b"filled", memgate.Lease.NONE)
+
+
+def test_lease_winner_can_cas_with_the_placeholder_token(
+    client: memgate.Client, prefix: str
+) -> None:
+    key = prefix + "k"
+    won = client.get_item(key, lease_ttl=10)
+    assert won.lease == memgate.Lease.WON
+    assert client.cas(key, b"filled", won.cas + 1) == NOT_STORED
+    assert client.cas(key, b"filled", won.cas)
+    assert client.get(key) == b"filled"
+
+
+def test_invalidate_serves_the_old_value_as_stale(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    client.set(key, b"old", ttl=0)
+    assert client.delete(key, invalidate=True) is True
+    stale = client.get_item(key)
+    assert (stale.found, stale.value, stale.stale, stale.lease) == (
+        True,
+        b"old",
+        True,
+        memgate.Lease.NONE,
+    )
+    assert client.get(key) == b"old"
+    won = client.get_item(key, lease_ttl=10)
+    assert (won.found, won.value, won.stale, won.lease) == (True, b"old", True, memgate.Lease.WON)
+    held = client.get_item(key, lease_ttl=10)
+    assert (held.found, held.value, held.stale, held.lease) == (
+        True,
+        b"old",
+        True,
+        memgate.Lease.HELD,
+    )
+    assert client.add(key, b"x") == NOT_STORED  # a stale item exists
+    client.set(key, b"new")  # clears the stale state
+    fresh = client.get_item(key, lease_ttl=10)
+    assert (fresh.found, fresh.value, fresh.stale, fresh.lease) == (
+        True,
+        b"new",
+        False,
+        memgate.Lease.NONE,
+    )
+    assert client.delete(prefix + "missing", invalidate=True) is False
+    assert client.get_item(prefix + "missing").found is False
+
+
+def test_replace_succeeds_on_a_stale_item(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    client.set(key, b"old")
+    client.delete(key, invalidate=True)
+    assert client.replace(key, b"new")
+    item = client.get_item(key)
+    assert (item.value, item.stale) == (b"new", False)
+
+
+def test_set_many_with_a_failing_condition_reports_failed_precondition(
+    client: memgate.Client, prefix: str
+) -> None:
+    exists, a, b = prefix + "exists", prefix + "a", prefix + "b"
+    client.set(exists, b"old")
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.set_many({exists: b"new", a: b"1", b: b"2"}, condition=memgate.Condition.ABSENT)
+    error = excinfo.value
+    assert error.code == grpc.StatusCode.UNKNOWN  # the other items were stored
+    assert error.key_error_codes == {exists: FP}
+    # The count is the server's: the refused item is not in `stored`.
+    assert error.details.startswith("1 of 3 item(s) were not stored"), error.details
+    assert client.get_many([exists, a, b]) == {exists: b"old", a: b"1", b: b"2"}
+
+    missing = prefix + "missing"
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.set_many({exists: b"2", missing: b"m"}, condition=memgate.Condition.PRESENT)
+    assert excinfo.value.key_error_codes == {missing: FP}
+    assert client.get_many([exists, missing]) == {exists: b"2"}
+
+    token = client.get_item(exists).cas
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.set_many(
+            {exists: b"3", a: b"x"},
+            condition=memgate.Condition.CAS_MATCH,
+            cas={exists: token, a: token},
+        )
+    assert excinfo.value.key_error_codes == {a: FP}
+    assert client.get_many([exists, a]) == {exists: b"3", a: b"1"}
+
+    c, d = prefix + "c", prefix + "d"
+    assert client.set_many({c: b"1", d: b"2"}, condition=memgate.Condition.ABSENT) == 2
+
+
+def test_set_stream_with_a_failing_condition_reports_failed_precondition(
+    client: memgate.Client, prefix: str
+) -> None:
+    client.set(prefix + "1", b"old")
+    items = [(f"{prefix}{i}", b"new") for i in range(5)]
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.set_stream(items, condition=memgate.Condition.ABSENT)
+    assert excinfo.value.key_error_codes == {prefix + "1": FP}
+    assert excinfo.value.details.startswith("1 of 5 item(s) were not stored")
+    assert client.get(prefix + "1") == b"old"
+    assert client.get(prefix + "4") == b"new"
+
+
+def test_conditional_arguments_are_checked_before_sending(
+    client: memgate.Client, prefix: str
+) -> None:
+    key = prefix + "k"
+    with pytest.raises(ValueError):
+        client.cas(key, b"v", -1)
+    with pytest.raises(TypeError):
+        client.cas(key, b"v", "1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cas"):
+        client.set_many({key: b"v"}, condition=memgate.Condition.CAS_MATCH)
+    with pytest.raises(ValueError, match="no cas token"):
+        client.set_many({key: b"v"}, condition=memgate.Condition.CAS_MATCH, cas={})
+    with pytest.raises(ValueError, match="CAS_MATCH"):
+        client.set_many({key: b"v"}, cas={key: 1})
+    with pytest.raises(ValueError, match="CAS_MATCH"):
+        client.set_stream([(key, b"v")], condition=memgate.Condition.CAS_MATCH)
+    with pytest.raises(TypeError):
+        client.set_many({key: b"v"}, condition=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        client.get_item(key, lease_ttl=-1)
+    with pytest.raises(ValueError):
+        client.get_or_fill(key, lambda: b"v", lease_ttl=0)
+    with pytest.raises(ValueError):
+        client.get_or_fill(key, lambda: b"v", wait=-1)
+    assert client.get(key) is None  # nothing was sent
+
+
+def never_called() -> bytes:
+    raise AssertionError("fill must not be called")
+
+
+def test_get_or_fill_fills_a_miss_and_then_reads(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    fills: List[str] = []
+
+    def fill() -> str:
+        fills.append(key)
+        return "filled ✓"
+
+    assert client.get_or_fill(key, fill, 100) == "filled ✓".encode()
+    assert fills == [key]
+    item = client.get_item(key)
+    assert item.value == "filled ✓".encode()
+    assert item.ttl_remaining is not None and 90 <= item.ttl_remaining <= 100
+    assert client.get_or_fill(key, never_called, 100) == "filled ✓".encode()
+
+
+def test_get_or_fill_concurrent_callers_fill_once(target: str, prefix: str) -> None:
+    """50 threads ask for one missing key: one fills, while (checked, not
+    hoped) every other one is waiting; all get the filled value."""
+    key = prefix + "k"
+    callers = 50
+    lock = threading.Lock()
+    won: List[int] = []
+    held: set[int] = set()
+
+    class Observed(memgate.Client):
+        def get_item(self, key: str, **options: object) -> memgate.Item:
+            item = super().get_item(key, **options)  # type: ignore[arg-type]
+            with lock:
+                if item.lease == memgate.Lease.WON:
+                    won.append(threading.get_ident())
+                elif item.lease == memgate.Lease.HELD:
+                    held.add(threading.get_ident())
+            return item
+
+    fills: List[int] = []
+
+    def fill() -> bytes:
+        fills.append(threading.get_ident())
+        # Hold the lease until every other caller has been told HELD.
+        wait_for(lambda: len(held) == callers - 1, "every other caller to be told HELD")
+        return b"filled"
+
+    with Observed(target) as client:
+        start = threading.Barrier(callers)
+        results: List[bytes] = []
+
+        def call() -> None:
+            start.wait()
+            value = client.get_or_fill(key, fill, 60, wait=30)
+            with lock:
+                results.append(value)
+
+        threads = [threading.Thread(target=call) for _ in range(callers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(fills) == 1
+    assert won == fills  # the lease winner filled
+    assert results == [b"filled"] * callers
+
+
+def test_get_or_fill_serves_stale_at_once_while_one_caller_refreshes(
+    client: memgate.Client, prefix: str
+) -> None:
+    key = prefix + "k"
+    client.set(key, b"old")
+    client.delete(key, invalidate=True)
+    callers = 20
+    lock = threading.Lock()
+    results: List[bytes] = []
+    stale_served = threading.Event()
+    fills: List[int] = []
+
+    def fill() -> bytes:
+        fills.append(threading.get_ident())
+        # The refresh runs until every other caller got the stale value.
+        assert stale_served.wait(20), "the other callers did not get the stale value meanwhile"
+        return b"new"
+
+    start = threading.Barrier(callers)
+
+    def call() -> None:
+        start.wait()
+        value = client.get_or_fill(key, fill, 60, wait=30)
+        with lock:
+            results.append(value)
+            if results.count(b"old") == callers - 1:
+                stale_served.set()
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(fills) == 1
+    assert sorted(results) == [b"new"] + [b"old"] * (callers - 1)
+    item = client.get_item(key)
+    assert (item.value, item.stale) == (b"new", False)
+
+
+def test_get_or_fill_returns_stale_while_another_holds_the_lease(
+    client: memgate.Client, prefix: str
+) -> None:
+    key = prefix + "k"
+    client.set(key, b"old")
+    client.delete(key, invalidate=True)
+    assert client.get_item(key, lease_ttl=30).lease == memgate.Lease.WON  # someone refreshes
+    started = time.monotonic()
+    assert client.get_or_fill(key, never_called, 60) == b"old"
+    assert time.monotonic() - started < 1.0  # at once, not after `wait`
+
+
+def test_get_or_fill_returns_a_fresh_value_without_filling(
+    client: memgate.Client, prefix: str
+) -> None:
+    client.set(prefix + "k", b"v")
+    assert client.get_or_fill(prefix + "k", never_called, 60) == b"v"
+
+
+def test_get_or_fill_releases_the_lease_when_fill_fails(
+    client: memgate.Client, prefix: str
+) -> None:
+    key = prefix + "k"
+
+    def fail() -> bytes:
+        raise RuntimeError("backend down")
+
+    with pytest.raises(RuntimeError, match="backend down"):
+        client.get_or_fill(key, fail, 60, lease_ttl=30)
+    # Released: the next reader wins at once instead of HELD for 30 s.
+    assert client.get_item(key, lease_ttl=30).lease == memgate.Lease.WON
+    client.delete(key)
+    assert client.get_or_fill(key, lambda: b"second try", 60) == b"second try"
+
+
+def test_get_or_fill_fills_itself_after_waiting(client: memgate.Client, prefix: str) -> None:
+    key = prefix + "k"
+    # Another caller won the lease and never sets the value.
+    assert client.get_item(key, lease_ttl=60).lease == memgate.Lease.WON
+    started = time.monotonic()
+    filled_at: List[float] = []
+
+    def fill() -> bytes:
+        filled_at.append(time.monotonic() - started)
+        return b"mine"
+
+    assert client.get_or_fill(key, fill, 60, wait=0.3) == b"mine"
+    assert len(filled_at) == 1
+    assert 0.3 <= filled_at[0] < 2.0
+    assert client.get(key) == b"mine"
+
+
+def test_get_or_fill_errors_of_the_server_propagate(client: memgate.Client) -> None:
+    with pytest.raises(memgate.MemgateError) as excinfo:
+        client.get_or_fill("bad key", never_called, 60)
+    assert excinfo.value.code == grpc.StatusCode.INVALID_ARGUMENT

@@ -12,7 +12,16 @@ raise :class:`MemgateError` for every failure. The generated gRPC code is in
 """
 
 from memgate import aio
-from memgate._common import DEFAULT_MAX_MESSAGE_BYTES, Location, SetItem, Value
+from memgate._common import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    Condition,
+    Item,
+    Lease,
+    Location,
+    SetItem,
+    SetResult,
+    Value,
+)
 from memgate._errors import MemgateError
 from memgate._sync import Client
 
@@ -21,9 +30,13 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "Client",
+    "Condition",
+    "Item",
+    "Lease",
     "Location",
     "MemgateError",
     "SetItem",
+    "SetResult",
     "Value",
     "aio",
     "__version__",

@@ -4,8 +4,11 @@ behave identically; they differ only in how they call the stub."""
 
 from __future__ import annotations
 
+import dataclasses
 import enum
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+import random
+import time
+from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -136,13 +139,151 @@ def encode_value(value: Value) -> bytes:
     raise TypeError(f"value must be str or bytes, not {type(value).__name__}")
 
 
-def set_request(key: str, value: Value, ttl: Optional[int]) -> pb.SetRequest:
+class Condition(enum.IntEnum):
+    """When a write stores (``SetCondition`` of the proto). A condition that
+    does not hold is not an error: the write answers ``stored=False``."""
+
+    ALWAYS = pb.SET_CONDITION_UNSPECIFIED
+    """Store unconditionally (a plain set)."""
+    ABSENT = pb.SET_CONDITION_ABSENT
+    """Store only if the key does not exist (memcached's add). A lease
+    placeholder and a stale item exist."""
+    PRESENT = pb.SET_CONDITION_PRESENT
+    """Store only if the key exists (memcached's replace)."""
+    CAS_MATCH = pb.SET_CONDITION_CAS_MATCH
+    """Store only if the item's CAS token is still the one given
+    (compare-and-swap); a missing key never matches."""
+
+
+class Lease(enum.IntEnum):
+    """Who refills a missing or stale key (``LeaseState`` of the proto);
+    reported only to a ``get_item`` with ``lease_ttl``."""
+
+    NONE = pb.LEASE_STATE_UNSPECIFIED
+    """No lease: a fresh hit, or a read without ``lease_ttl``."""
+    WON = pb.LEASE_STATE_WON
+    """This caller should compute the value and set it."""
+    HELD = pb.LEASE_STATE_HELD
+    """Another caller is refilling the key: use the stale value if there is
+    one, or read again shortly."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """What :meth:`memgate.Client.get_item` read: the value and its metadata."""
+
+    value: Optional[bytes]
+    """The stored bytes (the old ones when ``stale``), or ``None`` when not ``found``."""
+    found: bool
+    """Whether the key holds a value. A lease placeholder is not one."""
+    cas: int
+    """The item's CAS token, for :meth:`memgate.Client.cas`. 0 on a miss,
+    except with a lease (``WON``/``HELD``): then the placeholder's token."""
+    ttl_remaining: Optional[int]
+    """Seconds the item has left (after ``touch_ttl``, the new TTL); ``None``
+    when it never expires, on a miss, and on text-protocol shards."""
+    lease: Lease
+    """Who refills the key (reads with ``lease_ttl`` only)."""
+    stale: bool
+    """True for an invalidated value (``delete(invalidate=True)``): usable,
+    but old, and being (or about to be) refreshed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SetResult:
+    """The outcome of a write: whether it stored and the item's new CAS token.
+
+    It is truthy exactly when the write stored, so ``if cache.add(...):``
+    reads as it should.
+    """
+
+    stored: bool
+    """False only when the write's condition did not hold (nothing was written)."""
+    cas: int
+    """The item's new CAS token when stored; 0 otherwise (and on text-protocol shards)."""
+
+    def __bool__(self) -> bool:
+        return self.stored
+
+
+def set_request(
+    key: str,
+    value: Value,
+    ttl: Optional[int],
+    condition: Condition = Condition.ALWAYS,
+    cas: int = 0,
+) -> pb.SetRequest:
     """A SetRequest. ``ttl=None`` leaves ttl_seconds unset, which the server
-    reads as "use --default-ttl"; ``0`` is sent and means "never expires"."""
+    reads as "use --default-ttl"; ``0`` is sent and means "never expires".
+    ``cas`` is the token a ``CAS_MATCH`` write compares with."""
     request = pb.SetRequest(key=key, value=encode_value(value))
     if ttl is not None:
         request.ttl_seconds = _checked_ttl(ttl)
+    request.condition = _checked_condition(condition).value
+    if condition == Condition.CAS_MATCH:
+        request.cas = _checked_int("cas", cas, 0, _MAX_U64)
     return request
+
+
+def _checked_condition(condition: Condition) -> Condition:
+    if not isinstance(condition, Condition):
+        raise TypeError(f"condition must be a memgate.Condition, not {condition!r:.80}")
+    return condition
+
+
+def set_many_requests(
+    items: Mapping[str, Value],
+    ttl: Optional[int],
+    condition: Condition,
+    cas: Optional[Mapping[str, int]],
+) -> List[pb.SetRequest]:
+    """The SetRequests of a batch write. ``CAS_MATCH`` takes one token per
+    key from ``cas``, which every other condition leaves out."""
+    if _checked_condition(condition) == Condition.CAS_MATCH:
+        if cas is None:
+            raise ValueError("condition CAS_MATCH needs cas={key: token, ...}")
+        missing = [k for k in items if k not in cas]
+        if missing:
+            raise ValueError(f"no cas token for {len(missing)} key(s), e.g. {missing[0]!r}")
+        return [set_request(k, v, ttl, condition, cas[k]) for k, v in items.items()]
+    if cas is not None:
+        raise ValueError("cas tokens go with condition=Condition.CAS_MATCH only")
+    return [set_request(k, v, ttl, condition) for k, v in items.items()]
+
+
+def set_result_of(response: pb.SetResponse) -> SetResult:
+    return SetResult(bool(response.stored), int(response.cas))
+
+
+def get_item_request(
+    key: str, touch_ttl: Optional[int], lease_ttl: Optional[int]
+) -> pb.GetRequest:
+    """A GetRequest with the options ``get_item`` takes; ``None`` leaves one unset."""
+    request = pb.GetRequest(key=key)
+    if touch_ttl is not None:
+        request.touch_ttl_seconds = _checked_ttl(touch_ttl)
+    if lease_ttl is not None:
+        request.lease_ttl_seconds = _checked_ttl(lease_ttl)
+    return request
+
+
+def item_of(response: pb.GetResponse) -> Item:
+    ttl = response.ttl_remaining_seconds if response.HasField("ttl_remaining_seconds") else None
+    return Item(
+        value=response.value if response.found else None,
+        found=bool(response.found),
+        cas=int(response.cas),
+        ttl_remaining=ttl,
+        lease=_lease(response.lease),
+        stale=bool(response.stale),
+    )
+
+
+def _lease(number: int) -> Lease:
+    try:
+        return Lease(number)
+    except ValueError:  # a newer server's state: treated as no lease
+        return Lease.NONE
 
 
 def _checked_ttl(ttl: int) -> int:
@@ -199,14 +340,22 @@ def locations_of(locations: Iterable[pb.KeyLocation]) -> Dict[str, Location]:
     return {loc.key: Location(loc.shard, loc.up) for loc in locations}
 
 
-def set_item_request(item: SetItem) -> pb.SetRequest:
+def set_item_request(item: SetItem, condition: Condition = Condition.ALWAYS) -> pb.SetRequest:
     """A SetRequest from a ``(key, value)`` or ``(key, value, ttl)`` tuple."""
     if not isinstance(item, tuple) or len(item) not in (2, 3):
         raise TypeError(
             f"set_stream items must be (key, value) or (key, value, ttl) tuples, not {item!r:.80}"
         )
     ttl = item[2] if len(item) == 3 else None
-    return set_request(item[0], item[1], ttl)
+    return set_request(item[0], item[1], ttl, condition)
+
+
+def stream_condition(condition: Condition) -> Condition:
+    """``condition``, checked to be one a stream of items can take: a
+    compare-and-swap needs a token per item, which set_many takes."""
+    if _checked_condition(condition) == Condition.CAS_MATCH:
+        raise ValueError("set_stream takes no CAS_MATCH condition; use set_many(..., cas=...)")
+    return condition
 
 
 def get_request(key: str) -> pb.GetRequest:
@@ -215,6 +364,68 @@ def get_request(key: str) -> pb.GetRequest:
 
 def delete_request(key: str) -> pb.DeleteRequest:
     return pb.DeleteRequest(key=key)
+
+
+# -- get_or_fill ------------------------------------------------------------
+
+
+class FillStep(enum.Enum):
+    """What ``get_or_fill`` does after a read with a lease."""
+
+    RETURN = "return the value read (fresh, or stale while another caller refreshes it)"
+    FILL_LEASED = "fill and set; this caller holds the lease, released if fill fails"
+    FILL = "fill and set (refresh of a stale item, or no lease was reported)"
+    WAIT = "another caller fills: back off and read again"
+
+
+def fill_step(item: Item) -> FillStep:
+    """The step of get_or_fill's algorithm for what the read returned."""
+    if item.found:
+        if item.stale and item.lease == Lease.WON:
+            return FillStep.FILL
+        return FillStep.RETURN
+    if item.lease == Lease.WON:
+        return FillStep.FILL_LEASED
+    if item.lease == Lease.HELD:
+        return FillStep.WAIT
+    return FillStep.FILL  # no lease, which a server honouring lease_ttl does not send
+
+
+def check_fill_options(
+    ttl: Optional[int], lease_ttl: int, wait: float
+) -> Tuple[Optional[int], int, float]:
+    """get_or_fill's arguments, checked before anything is sent."""
+    if ttl is not None:
+        _checked_ttl(ttl)
+    _checked_int("lease_ttl", lease_ttl, 1, _MAX_TTL)  # 0 would never expire
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)):
+        raise TypeError(f"wait must be a number of seconds, not {type(wait).__name__}")
+    if not wait >= 0:
+        raise ValueError(f"wait must be >= 0 seconds, not {wait}")
+    return ttl, lease_ttl, float(wait)
+
+
+class Backoff:
+    """The jittered backoff of a get_or_fill waiting for another caller's
+    fill: 5 ms, doubling up to 100 ms, each times a random factor in
+    [0.5, 1.5), until ``wait`` seconds after the call started."""
+
+    FIRST = 0.005
+    CAP = 0.1
+
+    def __init__(self, wait: float) -> None:
+        self._deadline = time.monotonic() + wait
+        self._delay = self.FIRST
+
+    def next_sleep(self) -> Optional[float]:
+        """Seconds to sleep before reading again, or None once ``wait`` has
+        passed (the caller then fills itself). Never sleeps past the deadline."""
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        sleep = self._delay * (0.5 + random.random())
+        self._delay = min(self._delay * 2, self.CAP)
+        return min(sleep, remaining)
 
 
 def timeout_for(given: Timeout, default: Optional[float]) -> Optional[float]:

@@ -20,6 +20,9 @@ from typing import (
     TypeVar,
 )
 
+import functools
+import time
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -28,9 +31,13 @@ from memgate._common import (
     DEFAULT,
     DEFAULT_MAX_MESSAGE_BYTES,
     ChannelOptions,
+    Condition,
+    FillStep,
+    Item,
     Location,
     Pem,
     SetItem,
+    SetResult,
     Timeout,
     Value,
 )
@@ -179,20 +186,132 @@ class Client:
         response = self._unary(self._cache.Get, pb.GetRequest(key=key), timeout)
         return response.value if response.found else None
 
+    def get_item(
+        self,
+        key: str,
+        *,
+        touch_ttl: Optional[int] = None,
+        lease_ttl: Optional[int] = None,
+        timeout: Timeout = DEFAULT,
+    ) -> Item:
+        """Reads ``key`` with its metadata: an :class:`memgate.Item` with
+        ``value``, ``found``, ``cas``, ``ttl_remaining``, ``lease`` and ``stale``.
+
+        ``touch_ttl``: a hit also gets this TTL (get-and-touch), and
+        ``ttl_remaining`` reports it. ``lease_ttl``: stampede protection. A
+        miss creates a placeholder living that many seconds; exactly one
+        caller gets ``lease=Lease.WON`` (it should compute and set the
+        value), the others ``Lease.HELD`` until that write or the
+        placeholder's expiry. An invalidated item is returned with
+        ``stale=True`` and its old value, and one reader with ``lease_ttl``
+        also gets ``Lease.WON``. :meth:`get_or_fill` does all this for you.
+        """
+        request = common.get_item_request(key, touch_ttl, lease_ttl)
+        return common.item_of(self._unary(self._cache.Get, request, timeout))
+
     def set(
         self, key: str, value: Value, ttl: Optional[int] = None, *, timeout: Timeout = DEFAULT
-    ) -> None:
+    ) -> SetResult:
         """Stores ``value`` under ``key``; returns once memcached acknowledged it.
 
         ``ttl`` is in seconds: ``None`` uses the server's ``--default-ttl``,
-        ``0`` never expires. A str value is stored as UTF-8.
+        ``0`` never expires. A str value is stored as UTF-8. Returns
+        ``SetResult(stored=True, cas=<the new CAS token>)``.
         """
-        self._unary(self._cache.Set, common.set_request(key, value, ttl), timeout)
+        return self._set(common.set_request(key, value, ttl), timeout)
 
-    def delete(self, key: str, *, timeout: Timeout = DEFAULT) -> bool:
-        """Removes ``key``; True if it existed."""
-        response = self._unary(self._cache.Delete, pb.DeleteRequest(key=key), timeout)
+    def add(
+        self, key: str, value: Value, ttl: Optional[int] = None, *, timeout: Timeout = DEFAULT
+    ) -> SetResult:
+        """Stores ``value`` only if ``key`` does not exist (memcached's add).
+
+        Returns a :class:`memgate.SetResult`, truthy if it stored. A key
+        that exists is not an error: ``stored=False``. A lease placeholder
+        and a stale item count as existing.
+        """
+        return self._set(common.set_request(key, value, ttl, Condition.ABSENT), timeout)
+
+    def replace(
+        self, key: str, value: Value, ttl: Optional[int] = None, *, timeout: Timeout = DEFAULT
+    ) -> SetResult:
+        """Stores ``value`` only if ``key`` exists (memcached's replace);
+        ``stored=False`` otherwise."""
+        return self._set(common.set_request(key, value, ttl, Condition.PRESENT), timeout)
+
+    def cas(
+        self,
+        key: str,
+        value: Value,
+        cas: int,
+        ttl: Optional[int] = None,
+        *,
+        timeout: Timeout = DEFAULT,
+    ) -> SetResult:
+        """Compare-and-swap: stores ``value`` only if the item's CAS token is
+        still ``cas`` (from :meth:`get_item`, or a previous write's
+        ``SetResult.cas``). ``stored=False`` if another write came first or
+        the key is missing; the result's ``cas`` is the token for the next swap.
+        """
+        request = common.set_request(key, value, ttl, Condition.CAS_MATCH, cas)
+        return self._set(request, timeout)
+
+    def delete(self, key: str, *, invalidate: bool = False, timeout: Timeout = DEFAULT) -> bool:
+        """Removes ``key``; True if it existed.
+
+        With ``invalidate=True`` the item is marked stale instead: reads
+        return its old value with ``stale=True`` for the server's
+        ``--stale-ttl`` (30 s by default), and the first :meth:`get_item`
+        with ``lease_ttl`` wins the lease to refresh it (see :meth:`get_or_fill`).
+        """
+        request = pb.DeleteRequest(key=key, invalidate=bool(invalidate))
+        response = self._unary(self._cache.Delete, request, timeout)
         return bool(response.deleted)
+
+    def get_or_fill(
+        self,
+        key: str,
+        fill: Callable[[], Value],
+        ttl: Optional[int] = None,
+        *,
+        lease_ttl: int = 10,
+        wait: float = 5.0,
+        timeout: Timeout = DEFAULT,
+    ) -> bytes:
+        """The value of ``key``; on a miss, ``fill()``'s, stored with ``ttl``.
+
+        Concurrent callers (threads, processes, other memgate replicas) of a
+        missing key call ``fill`` once between them: the read takes a lease
+        (a placeholder living ``lease_ttl`` seconds), the one caller that
+        wins it fills and stores the value, and the others read again with
+        a jittered backoff (5 ms doubling to 100 ms) until it is there. A
+        caller still waiting ``wait`` seconds after it started fills
+        itself. An invalidated (stale) value is returned at once, while the
+        one caller that wins the lease refreshes it. If ``fill`` raises,
+        the lease is released (so another caller can fill at once) and the
+        exception propagates; errors of the reads and writes raise
+        MemgateError. ``timeout`` applies to each call to the server.
+        """
+        ttl, lease_ttl, wait = common.check_fill_options(ttl, lease_ttl, wait)
+        backoff = common.Backoff(wait)
+        while True:
+            item = self.get_item(key, lease_ttl=lease_ttl, timeout=timeout)
+            step = common.fill_step(item)
+            if step == FillStep.RETURN and item.value is not None:  # found: never None
+                return item.value
+            if step == FillStep.WAIT:
+                sleep = backoff.next_sleep()
+                if sleep is not None:
+                    time.sleep(sleep)
+                    continue
+                # Waited ``wait`` seconds: fill without the lease.
+            try:
+                value = common.encode_value(fill())
+            except BaseException:
+                if step == FillStep.FILL_LEASED:
+                    self._release(key, timeout)
+                raise
+            self.set(key, value, ttl, timeout=timeout)
+            return value
 
     def list(self, prefix: str = "", limit: int = 0, *, timeout: Timeout = DEFAULT) -> List[str]:
         """Keys starting with ``prefix``, sorted, at most ``limit`` of them.
@@ -254,7 +373,13 @@ class Client:
         return common.values_of(response.results)
 
     def set_many(
-        self, items: Mapping[str, Value], ttl: Optional[int] = None, *, timeout: Timeout = DEFAULT
+        self,
+        items: Mapping[str, Value],
+        ttl: Optional[int] = None,
+        *,
+        condition: Condition = Condition.ALWAYS,
+        cas: Optional[Mapping[str, int]] = None,
+        timeout: Timeout = DEFAULT,
     ) -> int:
         """Stores every item of ``items`` with the same ``ttl``; returns how many were stored.
 
@@ -262,8 +387,13 @@ class Client:
         holds the server's message per key and ``key_error_codes`` its
         status code (the other items are stored). An invalid key or value
         fails the whole call before anything is written.
+
+        ``condition`` makes every item conditional (``Condition.ABSENT``,
+        ``PRESENT``, or ``CAS_MATCH`` with ``cas={key: token}`` for every
+        key); an item whose condition fails is not stored and is reported
+        with code ``FAILED_PRECONDITION`` in ``key_error_codes``.
         """
-        requests = [common.set_request(k, v, ttl) for k, v in items.items()]
+        requests = common.set_many_requests(items, ttl, condition, cas)
         response = self._unary(self._cache.BatchSet, pb.BatchSetRequest(items=requests), timeout)
         return common.stored_count(response, len(requests))
 
@@ -298,15 +428,24 @@ class Client:
         finally:
             call.cancel()
 
-    def set_stream(self, items: Iterable[SetItem], *, timeout: Timeout = DEFAULT) -> int:
+    def set_stream(
+        self,
+        items: Iterable[SetItem],
+        *,
+        condition: Condition = Condition.ALWAYS,
+        timeout: Timeout = DEFAULT,
+    ) -> int:
         """Stores ``(key, value)`` or ``(key, value, ttl)`` items; returns how many were stored.
 
         For more items than one batch allows. If any item was not stored
         (an invalid one included: the stream goes on past it), raises
         MemgateError with ``key_errors`` and ``key_error_codes`` after the
-        stream ends.
+        stream ends. ``condition`` (``Condition.ABSENT`` or ``PRESENT``)
+        applies to every item, as in :meth:`set_many`.
         """
-        requests = _Requests(items, common.set_item_request)
+        condition = common.stream_condition(condition)
+        make = functools.partial(common.set_item_request, condition=condition)
+        requests = _Requests(items, make)
         response = self._client_stream(self._cache.BatchSetStream, requests, timeout)
         return common.stored_count(response, requests.sent)
 
@@ -357,6 +496,18 @@ class Client:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     # -- plumbing ----------------------------------------------------------
+
+    def _set(self, request: pb.SetRequest, timeout: Timeout) -> SetResult:
+        return common.set_result_of(self._unary(self._cache.Set, request, timeout))
+
+    def _release(self, key: str, timeout: Timeout) -> None:
+        """Releases get_or_fill's lease on ``key`` after its fill failed, so
+        another caller wins at once. A failure here must not hide fill's
+        exception, which is what the caller sees; the lease then expires."""
+        try:
+            self.delete(key, timeout=timeout)
+        except MemgateError:
+            pass
 
     def _unary(
         self, method: Callable[..., R], request: object, timeout: Timeout, *, auth: bool = True

@@ -4,6 +4,8 @@ twin on ``grpc.aio``, with the same methods and errors, as coroutines."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from types import TracebackType
 from typing import (
     Any,
@@ -34,9 +36,13 @@ from memgate._common import (
     DEFAULT,
     DEFAULT_MAX_MESSAGE_BYTES,
     ChannelOptions,
+    Condition,
+    FillStep,
+    Item,
     Location,
     Pem,
     SetItem,
+    SetResult,
     Timeout,
     Value,
 )
@@ -184,19 +190,115 @@ class Client:
         response = await self._unary(self._cache.Get, pb.GetRequest(key=key), timeout)
         return response.value if response.found else None
 
+    async def get_item(
+        self,
+        key: str,
+        *,
+        touch_ttl: Optional[int] = None,
+        lease_ttl: Optional[int] = None,
+        timeout: Timeout = DEFAULT,
+    ) -> Item:
+        """Reads ``key`` with its metadata (:class:`memgate.Item`), optionally
+        touching it (``touch_ttl``) or taking a lease on a miss (``lease_ttl``).
+
+        See :meth:`memgate.Client.get_item`.
+        """
+        request = common.get_item_request(key, touch_ttl, lease_ttl)
+        return common.item_of(await self._unary(self._cache.Get, request, timeout))
+
     async def set(
         self, key: str, value: Value, ttl: Optional[int] = None, *, timeout: Timeout = DEFAULT
-    ) -> None:
+    ) -> SetResult:
         """Stores ``value`` under ``key`` once memcached acknowledged it.
 
-        ``ttl`` in seconds: ``None`` uses the server's ``--default-ttl``, ``0`` never expires.
+        ``ttl`` in seconds: ``None`` uses the server's ``--default-ttl``, ``0``
+        never expires. Returns ``SetResult(stored=True, cas=<new token>)``.
         """
-        await self._unary(self._cache.Set, common.set_request(key, value, ttl), timeout)
+        return await self._set(common.set_request(key, value, ttl), timeout)
 
-    async def delete(self, key: str, *, timeout: Timeout = DEFAULT) -> bool:
-        """Removes ``key``; True if it existed."""
-        response = await self._unary(self._cache.Delete, pb.DeleteRequest(key=key), timeout)
+    async def add(
+        self, key: str, value: Value, ttl: Optional[int] = None, *, timeout: Timeout = DEFAULT
+    ) -> SetResult:
+        """Stores only if ``key`` does not exist; the result is truthy if it stored."""
+        return await self._set(common.set_request(key, value, ttl, Condition.ABSENT), timeout)
+
+    async def replace(
+        self, key: str, value: Value, ttl: Optional[int] = None, *, timeout: Timeout = DEFAULT
+    ) -> SetResult:
+        """Stores only if ``key`` exists; the result is truthy if it stored."""
+        return await self._set(common.set_request(key, value, ttl, Condition.PRESENT), timeout)
+
+    async def cas(
+        self,
+        key: str,
+        value: Value,
+        cas: int,
+        ttl: Optional[int] = None,
+        *,
+        timeout: Timeout = DEFAULT,
+    ) -> SetResult:
+        """Compare-and-swap: stores only if the item's CAS token is still ``cas``.
+
+        See :meth:`memgate.Client.cas`.
+        """
+        request = common.set_request(key, value, ttl, Condition.CAS_MATCH, cas)
+        return await self._set(request, timeout)
+
+    async def delete(
+        self, key: str, *, invalidate: bool = False, timeout: Timeout = DEFAULT
+    ) -> bool:
+        """Removes ``key`` (``invalidate=True``: marks it stale); True if it existed.
+
+        See :meth:`memgate.Client.delete`.
+        """
+        request = pb.DeleteRequest(key=key, invalidate=bool(invalidate))
+        response = await self._unary(self._cache.Delete, request, timeout)
         return bool(response.deleted)
+
+    async def get_or_fill(
+        self,
+        key: str,
+        fill: Callable[[], Union[Value, Awaitable[Value]]],
+        ttl: Optional[int] = None,
+        *,
+        lease_ttl: int = 10,
+        wait: float = 5.0,
+        timeout: Timeout = DEFAULT,
+    ) -> bytes:
+        """The value of ``key``; on a miss, ``fill()``'s, stored with ``ttl``.
+
+        ``fill`` is a plain or an async callable (``async def``). Concurrent
+        callers of a missing key fill it once between them; the others
+        wait for that value (jittered backoff, at most ``wait`` seconds,
+        then they fill themselves), and an invalidated value is returned
+        at once while one caller refreshes it. If ``fill`` raises (or the
+        task is cancelled during it), the lease is released and the
+        exception propagates. See :meth:`memgate.Client.get_or_fill`.
+        """
+        ttl, lease_ttl, wait = common.check_fill_options(ttl, lease_ttl, wait)
+        backoff = common.Backoff(wait)
+        while True:
+            item = await self.get_item(key, lease_ttl=lease_ttl, timeout=timeout)
+            step = common.fill_step(item)
+            if step == FillStep.RETURN and item.value is not None:  # found: never None
+                return item.value
+            if step == FillStep.WAIT:
+                sleep = backoff.next_sleep()
+                if sleep is not None:
+                    await asyncio.sleep(sleep)
+                    continue
+                # Waited ``wait`` seconds: fill without the lease.
+            try:
+                filled = fill()
+                if inspect.isawaitable(filled):
+                    filled = await filled
+                value = common.encode_value(filled)
+            except BaseException:
+                if step == FillStep.FILL_LEASED:
+                    await self._release(key, timeout)
+                raise
+            await self.set(key, value, ttl, timeout=timeout)
+            return value
 
     async def list(
         self, prefix: str = "", limit: int = 0, *, timeout: Timeout = DEFAULT
@@ -247,10 +349,21 @@ class Client:
         return common.values_of(response.results)
 
     async def set_many(
-        self, items: Mapping[str, Value], ttl: Optional[int] = None, *, timeout: Timeout = DEFAULT
+        self,
+        items: Mapping[str, Value],
+        ttl: Optional[int] = None,
+        *,
+        condition: Condition = Condition.ALWAYS,
+        cas: Optional[Mapping[str, int]] = None,
+        timeout: Timeout = DEFAULT,
     ) -> int:
-        """Stores every item with the same ``ttl``; returns the count, raises if any failed."""
-        requests = [common.set_request(k, v, ttl) for k, v in items.items()]
+        """Stores every item with the same ``ttl``; returns the count, raises if any failed.
+
+        ``condition`` (and ``cas`` tokens for ``CAS_MATCH``) as in
+        :meth:`memgate.Client.set_many`: an item whose condition fails is a
+        per-key ``FAILED_PRECONDITION``.
+        """
+        requests = common.set_many_requests(items, ttl, condition, cas)
         response = await self._unary(
             self._cache.BatchSet, pb.BatchSetRequest(items=requests), timeout
         )
@@ -286,13 +399,22 @@ class Client:
         finally:
             call.cancel()
 
-    async def set_stream(self, items: AnyIterable[SetItem], *, timeout: Timeout = DEFAULT) -> int:
+    async def set_stream(
+        self,
+        items: AnyIterable[SetItem],
+        *,
+        condition: Condition = Condition.ALWAYS,
+        timeout: Timeout = DEFAULT,
+    ) -> int:
         """Stores a stream of ``(key, value[, ttl])`` items; returns how many were stored.
 
         Raises MemgateError with ``key_errors`` and ``key_error_codes`` after
-        the stream if any item was not stored (invalid ones included).
+        the stream if any item was not stored (invalid ones included, and
+        those whose ``condition``, ``ABSENT`` or ``PRESENT``, failed).
         """
-        requests = _Requests(items, common.set_item_request)
+        condition = common.stream_condition(condition)
+        make = functools.partial(common.set_item_request, condition=condition)
+        requests = _Requests(items, make)
         response = await self._client_stream(self._cache.BatchSetStream, requests, timeout)
         return common.stored_count(response, requests.sent)
 
@@ -332,6 +454,17 @@ class Client:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     # -- plumbing ----------------------------------------------------------
+
+    async def _set(self, request: pb.SetRequest, timeout: Timeout) -> SetResult:
+        return common.set_result_of(await self._unary(self._cache.Set, request, timeout))
+
+    async def _release(self, key: str, timeout: Timeout) -> None:
+        """Releases get_or_fill's lease on ``key`` after its fill failed; a
+        failure here leaves the lease to expire and does not hide fill's."""
+        try:
+            await self.delete(key, timeout=timeout)
+        except MemgateError:
+            pass
 
     async def _unary(
         self,

@@ -232,7 +232,8 @@ type GetResponse struct {
 	// lease (found=false), the placeholder's token.
 	Cas uint64 `protobuf:"varint,3,opt,name=cas,proto3" json:"cas,omitempty"`
 	// Seconds the item has left; absent when it never expires, on a miss,
-	// and on text-protocol shards.
+	// and on text-protocol shards. With a lease (found=false), the
+	// placeholder's.
 	TtlRemainingSeconds *uint32 `protobuf:"varint,4,opt,name=ttl_remaining_seconds,json=ttlRemainingSeconds,proto3,oneof" json:"ttl_remaining_seconds,omitempty"`
 	// Who refills the key (Gets with lease_ttl_seconds only).
 	Lease LeaseState `protobuf:"varint,5,opt,name=lease,proto3,enum=memgate.v1.LeaseState" json:"lease,omitempty"`

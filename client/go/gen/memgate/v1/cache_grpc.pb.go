@@ -113,6 +113,8 @@ const (
 //	CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
 //	                                           (KeyError only; a unary Set answers
 //	                                           stored=false)
+//	FIELD_INVALID           INVALID_ARGUMENT   another field breaks a rule, e.g.
+//	                                           lease_ttl_seconds = 0 (field)
 //
 // Per-key failures inside a batch or stream response (GetResult.error,
 // KeyError) carry the code and message only.
@@ -423,6 +425,8 @@ func (c *cacheClient) Touch(ctx context.Context, in *TouchRequest, opts ...grpc.
 //	CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
 //	                                           (KeyError only; a unary Set answers
 //	                                           stored=false)
+//	FIELD_INVALID           INVALID_ARGUMENT   another field breaks a rule, e.g.
+//	                                           lease_ttl_seconds = 0 (field)
 //
 // Per-key failures inside a batch or stream response (GetResult.error,
 // KeyError) carry the code and message only.

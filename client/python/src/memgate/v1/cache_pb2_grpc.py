@@ -92,6 +92,8 @@ class CacheStub(object):
     CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
     (KeyError only; a unary Set answers
     stored=false)
+    FIELD_INVALID           INVALID_ARGUMENT   another field breaks a rule, e.g.
+    lease_ttl_seconds = 0 (field)
     Per-key failures inside a batch or stream response (GetResult.error,
     KeyError) carry the code and message only.
     """
@@ -241,6 +243,8 @@ class CacheServicer(object):
     CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
     (KeyError only; a unary Set answers
     stored=false)
+    FIELD_INVALID           INVALID_ARGUMENT   another field breaks a rule, e.g.
+    lease_ttl_seconds = 0 (field)
     Per-key failures inside a batch or stream response (GetResult.error,
     KeyError) carry the code and message only.
     """
@@ -537,6 +541,8 @@ class Cache(object):
     CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
     (KeyError only; a unary Set answers
     stored=false)
+    FIELD_INVALID           INVALID_ARGUMENT   another field breaks a rule, e.g.
+    lease_ttl_seconds = 0 (field)
     Per-key failures inside a batch or stream response (GetResult.error,
     KeyError) carry the code and message only.
     """

@@ -121,7 +121,8 @@ export interface GetResponse {
   cas: number;
   /**
    * Seconds the item has left; absent when it never expires, on a miss,
-   * and on text-protocol shards.
+   * and on text-protocol shards. With a lease (found=false), the
+   * placeholder's.
    */
   ttlRemainingSeconds?:
     | number
@@ -3193,6 +3194,8 @@ export const TouchResponse: MessageFns<TouchResponse> = {
  *   CONDITION_FAILED        FAILED_PRECONDITION a batch item's SetCondition did not hold
  *                                              (KeyError only; a unary Set answers
  *                                              stored=false)
+ *   FIELD_INVALID           INVALID_ARGUMENT   another field breaks a rule, e.g.
+ *                                              lease_ttl_seconds = 0 (field)
  * Per-key failures inside a batch or stream response (GetResult.error,
  * KeyError) carry the code and message only.
  */
