@@ -73,6 +73,7 @@ both_stores! {
     get_or_fill_releases_the_lease_when_fill_fails => check_fill_failure,
     get_or_fill_fills_itself_after_waiting_for_a_dead_filler => check_fill_wait,
     get_or_fill_by_many_callers_fills_once => check_fill_herd,
+    a_set_is_not_undone_by_concurrent_lease_readers => check_set_races_lease_readers,
 }
 
 fn text(v: &Option<Bytes>) -> Option<&str> {
@@ -270,6 +271,11 @@ async fn check_lease(c: &Client) {
     let first = c.get_with(&key, lease).await.unwrap();
     assert_eq!((first.found(), first.lease), (false, Lease::Won));
     assert_ne!(first.cas, 0, "a won lease carries the placeholder's token");
+    assert_ttl(
+        first.ttl_remaining,
+        28..=30,
+        "a won lease: the placeholder's TTL",
+    );
     let second = c.get_with(&key, lease).await.unwrap();
     assert_eq!((second.found(), second.lease), (false, Lease::Held));
     // A placeholder is never a value...
@@ -521,4 +527,48 @@ async fn check_fill_herd(c: &Client) {
         assert_eq!(caller.await.unwrap(), "herd");
     }
     assert_eq!(fills.load(Ordering::SeqCst), 1, "one fill for 50 callers");
+}
+
+/// The winner's Set while other callers poll a held lease: once the Set
+/// has returned, every later Get finds the value (a reader's Get must not
+/// write the placeholder back over it).
+async fn check_set_races_lease_readers(c: &Client) {
+    let lease = GetOptions::new().lease(Duration::from_secs(30));
+    for round in 0..50 {
+        let key = unique("set-vs-lease");
+        assert_eq!(c.get_with(&key, lease).await.unwrap().lease, Lease::Won);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..8)
+            .map(|_| {
+                let (c, key, stop) = (c.clone(), key.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst) {
+                        c.get_with(&key, lease).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        // Let the readers get going (a few of their Gets answered).
+        for _ in 0..3 {
+            c.get_with(&key, lease).await.unwrap();
+        }
+        c.set(&key, "filled", None).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..20 {
+            seen.push(c.get_entry(&key).await.unwrap().found());
+        }
+        stop.store(true, Ordering::SeqCst);
+        for r in readers {
+            r.await.unwrap();
+        }
+        assert!(
+            seen.iter().all(|f| *f),
+            "round {round}: after the Set returned, Gets found it {seen:?}"
+        );
+        assert_eq!(
+            value(c, &key).await.as_deref(),
+            Some("filled"),
+            "round {round}"
+        );
+    }
 }

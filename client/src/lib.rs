@@ -213,7 +213,8 @@ pub struct Entry {
     /// text-protocol shards.
     pub cas: u64,
     /// Time the item has left; `None` when it never expires, on a miss,
-    /// and on text-protocol shards.
+    /// and on text-protocol shards. With a lease (a miss), the
+    /// placeholder's.
     pub ttl_remaining: Option<Duration>,
     /// Who refills the key (Gets with a lease only).
     pub lease: Lease,
