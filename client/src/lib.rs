@@ -89,18 +89,209 @@ pub struct Item {
     pub value: Bytes,
     /// How long it lives (see [`Client::set`]).
     pub ttl: Option<Duration>,
+    /// Store it only if this holds (default: always). In a batch or stream
+    /// an item whose condition fails is a [`KeyFailure`] with code
+    /// `FailedPrecondition`, not counted as stored.
+    pub condition: Condition,
 }
 
 impl Item {
-    /// An item with the server's default TTL.
+    /// An item with the server's default TTL, stored unconditionally.
     pub fn new(key: impl Into<String>, value: impl Into<Bytes>) -> Item {
         Item {
             key: key.into(),
             value: value.into(),
             ttl: None,
+            condition: Condition::Always,
+        }
+    }
+
+    /// The same item with this TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Item {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The same item, stored only if `condition` holds.
+    pub fn when(mut self, condition: Condition) -> Item {
+        self.condition = condition;
+        self
+    }
+}
+
+/// When a write stores its value (memcached's set, add, replace and cas).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Condition {
+    /// Always store.
+    #[default]
+    Always,
+    /// Only if the key does not exist (add). A lease placeholder and a
+    /// stale item exist.
+    Absent,
+    /// Only if the key exists (replace).
+    Present,
+    /// Only if the item's CAS token is still this one (from [`Entry::cas`]
+    /// or [`SetOutcome::cas`]): compare-and-swap. A missing key never
+    /// matches.
+    CasMatch(u64),
+}
+
+impl Condition {
+    fn wire(self) -> (pb::SetCondition, u64) {
+        match self {
+            Condition::Always => (pb::SetCondition::Unspecified, 0),
+            Condition::Absent => (pb::SetCondition::Absent, 0),
+            Condition::Present => (pb::SetCondition::Present, 0),
+            Condition::CasMatch(cas) => (pb::SetCondition::CasMatch, cas),
         }
     }
 }
+
+/// What a (conditional) write did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetOutcome {
+    /// False only when the write's condition did not hold (nothing was
+    /// written).
+    pub stored: bool,
+    /// The item's new CAS token when stored; 0 otherwise (and on shards
+    /// that speak only memcached's text protocol).
+    pub cas: u64,
+}
+
+/// Who refills a missing or stale key, as a Get with a lease reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lease {
+    /// No lease: a fresh hit, or a Get that asked for none.
+    #[default]
+    None,
+    /// This caller should compute the value and store it.
+    Won,
+    /// Another caller is refilling the key: use the stale value if there
+    /// is one, or ask again shortly.
+    Held,
+}
+
+/// Options of [`Client::get_with`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GetOptions {
+    /// Get-and-touch: a hit also gets this TTL (rules of [`Client::touch`]),
+    /// and [`Entry::ttl_remaining`] reports it.
+    pub touch_ttl: Option<Duration>,
+    /// Take a lease against stampedes: a miss creates a placeholder living
+    /// this long (rounded up to whole seconds, at least 1) and exactly one
+    /// caller, across every memgate replica, gets [`Lease::Won`]; a stale
+    /// item is returned and one reader wins the lease to refresh it.
+    pub lease_ttl: Option<Duration>,
+}
+
+impl GetOptions {
+    /// A plain read.
+    pub fn new() -> GetOptions {
+        GetOptions::default()
+    }
+
+    /// Also set the key's TTL on a hit.
+    pub fn touch(mut self, ttl: Duration) -> GetOptions {
+        self.touch_ttl = Some(ttl);
+        self
+    }
+
+    /// Also take a lease living `ttl` on a miss or a stale item.
+    pub fn lease(mut self, ttl: Duration) -> GetOptions {
+        self.lease_ttl = Some(ttl);
+        self
+    }
+}
+
+/// One key as [`Client::get_with`] reads it: the value with its metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The value; `None` on a miss (a lease placeholder is a miss).
+    pub value: Option<Bytes>,
+    /// The item's CAS token, for [`Condition::CasMatch`]; 0 on a miss (but
+    /// the placeholder's token when a lease is won or held) and on
+    /// text-protocol shards.
+    pub cas: u64,
+    /// Time the item has left; `None` when it never expires, on a miss,
+    /// and on text-protocol shards. With a lease (a miss), the
+    /// placeholder's.
+    pub ttl_remaining: Option<Duration>,
+    /// Who refills the key (Gets with a lease only).
+    pub lease: Lease,
+    /// The value was invalidated ([`Client::invalidate`]) and is being, or
+    /// is about to be, refreshed: usable, but old.
+    pub stale: bool,
+}
+
+impl Entry {
+    /// True if the key was present (fresh or stale).
+    pub fn found(&self) -> bool {
+        self.value.is_some()
+    }
+}
+
+/// How long [`Client::get_or_fill`] lets others fill a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FillOptions {
+    /// How long the lease placeholder lives: the longest a caller that
+    /// dies while filling blocks the key. Longer than a fill takes.
+    pub lease_ttl: Duration,
+    /// How long to wait for another caller's fill before calling `fill`
+    /// anyway.
+    pub wait: Duration,
+}
+
+/// Default [`FillOptions::lease_ttl`].
+pub const DEFAULT_FILL_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Default [`FillOptions::wait`].
+pub const DEFAULT_FILL_WAIT: Duration = Duration::from_secs(5);
+
+impl Default for FillOptions {
+    fn default() -> Self {
+        FillOptions {
+            lease_ttl: DEFAULT_FILL_LEASE_TTL,
+            wait: DEFAULT_FILL_WAIT,
+        }
+    }
+}
+
+/// Why [`Client::get_or_fill`] failed: a memgate call, or `fill` itself.
+#[derive(Debug)]
+pub enum FillError<E> {
+    /// A Get or Set failed.
+    Cache(Error),
+    /// `fill` failed (on a miss, after the lease was released).
+    Fill(E),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for FillError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FillError::Cache(e) => write!(f, "{e}"),
+            FillError::Fill(e) => write!(f, "fill failed: {e}"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for FillError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FillError::Cache(e) => Some(e),
+            FillError::Fill(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<Error> for FillError<E> {
+    fn from(e: Error) -> Self {
+        FillError::Cache(e)
+    }
+}
+
+/// First sleep between lease polls in [`Client::get_or_fill`]; doubles.
+const FILL_BACKOFF_START: Duration = Duration::from_millis(5);
+/// Longest sleep between lease polls.
+const FILL_BACKOFF_MAX: Duration = Duration::from_millis(100);
 
 /// Per-call metadata the client adds to every request: the bearer token
 /// and the deadline. Opaque; set through [`ClientBuilder`].
@@ -352,7 +543,9 @@ impl Client {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    /// Reads `key`; `None` on a miss. Retried on `UNAVAILABLE`.
+    /// Reads `key`; `None` on a miss. An invalidated key still reads as its
+    /// old value ([`Client::get_entry`] tells it is stale). Retried on
+    /// `UNAVAILABLE`.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, Error> {
         let resp = self
             .unary(
@@ -392,6 +585,7 @@ impl Client {
     }
 
     /// Deletes `key`; `true` if it existed. Retried on `UNAVAILABLE`.
+    /// [`Client::invalidate`] marks it stale instead.
     pub async fn delete(&self, key: &str) -> Result<bool, Error> {
         let resp = self
             .unary(
@@ -458,6 +652,252 @@ impl Client {
         Ok(resp.found)
     }
 
+    /// Reads `key` with its metadata (CAS token, remaining TTL, stale
+    /// flag), like [`Client::get`] with no options; see
+    /// [`Client::get_with`].
+    pub async fn get_entry(&self, key: &str) -> Result<Entry, Error> {
+        self.get_with(key, GetOptions::new()).await
+    }
+
+    /// Reads `key` with its metadata, optionally touching it
+    /// ([`GetOptions::touch`]) and taking a lease against stampedes
+    /// ([`GetOptions::lease`]). A miss is `Entry { value: None, .. }`.
+    /// Retried on `UNAVAILABLE` (a retried lease Get can find its own
+    /// placeholder and answer [`Lease::Held`]: a wasted lease, not a wrong
+    /// answer).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: memgate_client::Client) -> Result<(), memgate_client::Error> {
+    /// use std::time::Duration;
+    /// use memgate_client::{Condition, GetOptions};
+    /// let e = client.get_with("session:1", GetOptions::new().touch(Duration::from_secs(600))).await?;
+    /// if let Some(v) = e.value {
+    ///     let mut next = v.to_vec();
+    ///     next.push(b'!');
+    ///     let out = client.cas("session:1", next, e.cas, None).await?;
+    ///     if !out.stored { /* someone wrote meanwhile: read again */ }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_with(&self, key: &str, options: GetOptions) -> Result<Entry, Error> {
+        let resp = self
+            .unary(
+                true,
+                pb::GetRequest {
+                    key: key.into(),
+                    touch_ttl_seconds: options.touch_ttl.map(|t| ttl_seconds(Some(t)).unwrap_or(0)),
+                    lease_ttl_seconds: options.lease_ttl.map(lease_seconds),
+                },
+                |mut stub, req| async move { stub.get(req).await },
+            )
+            .await?;
+        Ok(entry(resp))
+    }
+
+    /// Stores `value` under `key` if `condition` holds (`ttl` as for
+    /// [`Client::set`]). A condition that does not hold is not an error:
+    /// `stored: false`. Unconditional writes are retried as [`Client::set`]
+    /// is; conditional ones never (a retry of a write that landed would
+    /// answer `stored: false`).
+    pub async fn set_with(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        ttl: Option<Duration>,
+        condition: Condition,
+    ) -> Result<SetOutcome, Error> {
+        let retry = condition == Condition::Always && self.retry.retry_writes;
+        let req = set_request(Item {
+            ttl,
+            condition,
+            ..Item::new(key, value)
+        });
+        let resp = self
+            .unary(
+                retry,
+                req,
+                |mut stub, req| async move { stub.set(req).await },
+            )
+            .await?;
+        Ok(SetOutcome {
+            stored: resp.stored,
+            cas: resp.cas,
+        })
+    }
+
+    /// Stores `value` only if `key` does not exist (memcached's add): a
+    /// first writer wins. Never retried.
+    pub async fn add(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<SetOutcome, Error> {
+        self.set_with(key, value, ttl, Condition::Absent).await
+    }
+
+    /// Stores `value` only if `key` exists (memcached's replace). Never
+    /// retried.
+    pub async fn replace(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        ttl: Option<Duration>,
+    ) -> Result<SetOutcome, Error> {
+        self.set_with(key, value, ttl, Condition::Present).await
+    }
+
+    /// Compare-and-swap: stores `value` only if `key`'s CAS token is still
+    /// `cas` (from [`Client::get_with`] or an earlier write); of two writers
+    /// with the same token, one stores. Never retried.
+    pub async fn cas(
+        &self,
+        key: &str,
+        value: impl Into<Bytes>,
+        cas: u64,
+        ttl: Option<Duration>,
+    ) -> Result<SetOutcome, Error> {
+        self.set_with(key, value, ttl, Condition::CasMatch(cas))
+            .await
+    }
+
+    /// Marks `key` stale instead of deleting it: reads keep getting the old
+    /// value (`stale: true`) for the server's `--stale-ttl`, while the first
+    /// reader with a lease refreshes it (see [`Client::get_or_fill`]).
+    /// `true` if it existed. Retried on `UNAVAILABLE`.
+    pub async fn invalidate(&self, key: &str) -> Result<bool, Error> {
+        let resp = self
+            .unary(
+                true,
+                pb::DeleteRequest {
+                    key: key.into(),
+                    invalidate: true,
+                },
+                |mut stub, req| async move { stub.delete(req).await },
+            )
+            .await?;
+        Ok(resp.deleted)
+    }
+
+    /// The value under `key`, computed by `fill` and stored with `ttl` when
+    /// it is missing, with one `fill` per key however many callers (across
+    /// every memgate replica) ask at once. [`Client::get_or_fill_with`]
+    /// with the default [`FillOptions`] (10 s lease, 5 s wait).
+    ///
+    /// ```no_run
+    /// # async fn demo(client: memgate_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let page = client
+    ///     .get_or_fill("page:/home", Some(Duration::from_secs(60)), || async {
+    ///         Ok::<_, std::io::Error>(b"<html>...</html>".to_vec())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_or_fill<F, Fut, V, E>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        fill: F,
+    ) -> Result<Bytes, FillError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, E>>,
+        V: Into<Bytes>,
+    {
+        self.get_or_fill_with(key, ttl, FillOptions::default(), fill)
+            .await
+    }
+
+    /// The value under `key`, filled under a lease when it is missing:
+    ///
+    /// 1. Get with a lease of `options.lease_ttl`.
+    /// 2. A fresh value is returned; `fill` is not called.
+    /// 3. A stale value ([`Client::invalidate`]) is returned at once, unless
+    ///    this caller won the lease to refresh it: it then calls `fill`,
+    ///    stores the value with `ttl` and returns it (if `fill` fails its
+    ///    error is returned and the stale value stays).
+    /// 4. On a miss with the lease won, it calls `fill`, stores and returns
+    ///    the value. If `fill` fails, the lease is released (the
+    ///    placeholder deleted, so another caller can win at once) and
+    ///    `fill`'s error returned.
+    /// 5. On a miss with the lease held by another caller, it sleeps a
+    ///    jittered backoff (5 ms doubling to 100 ms, each times a random
+    ///    factor in [0.5, 1.5)) and goes back to 1, until `options.wait`
+    ///    has passed since the call began; then it calls `fill`, stores and
+    ///    returns the value itself.
+    ///
+    /// `fill` is called at most once per call. Errors of the Get and Set
+    /// calls are returned as [`FillError::Cache`].
+    pub async fn get_or_fill_with<F, Fut, V, E>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        options: FillOptions,
+        fill: F,
+    ) -> Result<Bytes, FillError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, E>>,
+        V: Into<Bytes>,
+    {
+        let started = tokio::time::Instant::now();
+        let deadline = started + options.wait;
+        let lease = GetOptions::new().lease(options.lease_ttl);
+        let mut polls = 0;
+        loop {
+            let e = self.get_with(key, lease).await?;
+            match (e.value, e.lease) {
+                (Some(_), Lease::Won) if e.stale => {
+                    return self.fill_and_set(key, ttl, fill).await;
+                }
+                (Some(v), _) => return Ok(v),
+                (None, Lease::Won) => {
+                    let value: Bytes = match fill().await {
+                        Ok(v) => v.into(),
+                        Err(err) => {
+                            // Release the lease so the next caller wins at
+                            // once; fill's error matters more than this
+                            // call's.
+                            let _ = self.delete(key).await;
+                            return Err(FillError::Fill(err));
+                        }
+                    };
+                    self.set(key, value.clone(), ttl).await?;
+                    return Ok(value);
+                }
+                (None, Lease::Held) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return self.fill_and_set(key, ttl, fill).await;
+                    }
+                    let nap = fill_backoff(polls).min(deadline - now);
+                    polls += 1;
+                    tokio::time::sleep(nap).await;
+                }
+                // The server reports no lease on a miss: nothing to wait for.
+                (None, Lease::None) => return self.fill_and_set(key, ttl, fill).await,
+            }
+        }
+    }
+
+    /// `fill`, then an unconditional Set of its value.
+    async fn fill_and_set<F, Fut, V, E>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        fill: F,
+    ) -> Result<Bytes, FillError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, E>>,
+        V: Into<Bytes>,
+    {
+        let value: Bytes = fill().await.map_err(FillError::Fill)?.into();
+        self.set(key, value.clone(), ttl).await?;
+        Ok(value)
+    }
+
     /// Keys starting with `prefix`, sorted, at most `limit` (0: the
     /// server's maximum). On memcached this is a snapshot (see the proto).
     pub async fn list(&self, prefix: &str, limit: u32) -> Result<Vec<String>, Error> {
@@ -504,15 +944,19 @@ impl Client {
     }
 
     /// Writes many items in one call. An invalid item fails the whole call;
-    /// items that fail at their shard are listed in the outcome.
+    /// items that fail at their shard, and items whose [`Item::condition`]
+    /// did not hold (code `FailedPrecondition`), are listed in the outcome.
+    /// Retried only with [`RetryPolicy::retry_writes`] and no item
+    /// conditional.
     pub async fn set_many<I>(&self, items: I) -> Result<BatchOutcome, Error>
     where
         I: IntoIterator<Item = Item>,
     {
         let items: Vec<pb::SetRequest> = items.into_iter().map(set_request).collect();
+        let conditional = items.iter().any(|i| i.condition != 0);
         let resp = self
             .unary(
-                self.retry.retry_writes,
+                self.retry.retry_writes && !conditional,
                 pb::BatchSetRequest {
                     items: items.clone(),
                 },
@@ -696,12 +1140,45 @@ fn ttl_seconds(ttl: Option<Duration>) -> Option<u32> {
 }
 
 fn set_request(item: Item) -> pb::SetRequest {
+    let (condition, cas) = item.condition.wire();
     pb::SetRequest {
         key: item.key,
         value: item.value,
         ttl_seconds: ttl_seconds(item.ttl),
-        ..Default::default()
+        condition: condition.into(),
+        cas,
     }
+}
+
+/// Lease seconds: rounded up, and never 0 (which would not be a lease).
+fn lease_seconds(ttl: Duration) -> u32 {
+    ttl_seconds(Some(ttl)).unwrap_or(1).max(1)
+}
+
+fn entry(r: pb::GetResponse) -> Entry {
+    let lease = match r.lease() {
+        pb::LeaseState::Won => Lease::Won,
+        pb::LeaseState::Held => Lease::Held,
+        pb::LeaseState::Unspecified => Lease::None,
+    };
+    Entry {
+        value: r.found.then_some(r.value),
+        cas: r.cas,
+        ttl_remaining: r
+            .ttl_remaining_seconds
+            .map(|s| Duration::from_secs(s.into())),
+        lease,
+        stale: r.stale,
+    }
+}
+
+/// The `n`th (0-based) sleep between lease polls: 5 ms doubling to 100 ms,
+/// times a random factor in [0.5, 1.5) so waiting callers spread out.
+fn fill_backoff(n: u32) -> Duration {
+    FILL_BACKOFF_START
+        .saturating_mul(1u32 << n.min(16))
+        .min(FILL_BACKOFF_MAX)
+        .mul_f64(0.5 + fastrand::f64())
 }
 
 fn lookup(r: pb::GetResult) -> Lookup {
@@ -745,6 +1222,80 @@ mod tests {
         assert_eq!(
             ttl_seconds(Some(Duration::from_secs(u64::MAX))),
             Some(u32::MAX)
+        );
+    }
+
+    #[test]
+    fn leases_last_at_least_a_second() {
+        assert_eq!(lease_seconds(Duration::ZERO), 1);
+        assert_eq!(lease_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(lease_seconds(Duration::from_millis(2500)), 3);
+        assert_eq!(lease_seconds(Duration::from_secs(10)), 10);
+    }
+
+    #[test]
+    fn fill_backoff_doubles_from_5ms_to_100ms_with_jitter() {
+        for (n, base) in [
+            (0, 5),
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (4, 80),
+            (5, 100),
+            (40, 100),
+        ] {
+            let base = Duration::from_millis(base);
+            let mut seen = Vec::new();
+            for _ in 0..200 {
+                let d = fill_backoff(n);
+                assert!(d >= base / 2 && d < base * 3 / 2, "poll {n}: {d:?}");
+                seen.push(d);
+            }
+            seen.sort();
+            seen.dedup();
+            assert!(seen.len() > 1, "poll {n}: no jitter");
+        }
+    }
+
+    #[test]
+    fn conditions_and_entries_map_to_the_wire() {
+        let req = set_request(Item::new("k", "v").when(Condition::CasMatch(7)));
+        assert_eq!(req.condition(), pb::SetCondition::CasMatch);
+        assert_eq!(req.cas, 7);
+        let req = set_request(Item::new("k", "v").ttl(Duration::from_secs(3)));
+        assert_eq!(req.condition(), pb::SetCondition::Unspecified);
+        assert_eq!(req.ttl_seconds, Some(3));
+        assert_eq!(
+            set_request(Item::new("k", "v").when(Condition::Absent)).condition(),
+            pb::SetCondition::Absent
+        );
+        let e = entry(pb::GetResponse {
+            found: true,
+            value: Bytes::from_static(b"v"),
+            cas: 9,
+            ttl_remaining_seconds: Some(60),
+            lease: pb::LeaseState::Held.into(),
+            stale: true,
+        });
+        assert_eq!(
+            e,
+            Entry {
+                value: Some(Bytes::from_static(b"v")),
+                cas: 9,
+                ttl_remaining: Some(Duration::from_secs(60)),
+                lease: Lease::Held,
+                stale: true,
+            }
+        );
+        let miss = entry(pb::GetResponse {
+            lease: pb::LeaseState::Won.into(),
+            cas: 4,
+            ..Default::default()
+        });
+        assert!(!miss.found());
+        assert_eq!(
+            (miss.lease, miss.cas, miss.ttl_remaining),
+            (Lease::Won, 4, None)
         );
     }
 

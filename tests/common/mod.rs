@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod dns;
+pub mod gate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

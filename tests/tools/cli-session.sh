@@ -88,6 +88,65 @@ assert reply.startswith(b"VALUE "), reply
 PY
 ok "locate names the memcached that really holds the key"
 
+# Conditional writes: add, replace and compare-and-swap exit 1 when their
+# condition fails, and then leave the value alone.
+"$cli" add "$k:add" first || fail "add of a missing key"
+set +e; "$cli" add "$k:add" second; code=$?; set -e
+[ "$code" -eq 1 ] || fail "add of an existing key exits $code, want 1"
+[ "$("$cli" get "$k:add")" = first ] || fail "a refused add changed the value"
+set +e; "$cli" replace "$k:nothing" v; code=$?; set -e
+[ "$code" -eq 1 ] || fail "replace of a missing key exits $code, want 1"
+set +e; "$cli" get "$k:nothing" >/dev/null; code=$?; set -e
+[ "$code" -eq 1 ] || fail "a refused replace wrote the key"
+"$cli" replace "$k:add" replaced || fail "replace of an existing key"
+[ "$("$cli" get "$k:add")" = replaced ] || fail "replace did not store"
+ok "add and replace exit 1 when the condition fails, and write nothing"
+
+"$cli" set "$k:cas" v1 --ttl 300
+meta=$("$cli" get --meta "$k:cas" | head -1)
+[[ "$meta" =~ ^cas=([0-9]+)\ ttl=(29[89]|300)\ stale=false$ ]] || fail "get --meta: $meta"
+token=${BASH_REMATCH[1]}
+[ "$token" -ne 0 ] || fail "cas 0 on memcached: $meta"
+[ "$("$cli" get --meta "$k:cas" | tail -n +2)" = v1 ] || fail "get --meta: no value after the meta line"
+"$cli" set "$k:cas" v2 --ttl 300 --cas "$token" || fail "set --cas with the current token"
+set +e; "$cli" set "$k:cas" v3 --cas "$token"; code=$?; set -e
+[ "$code" -eq 1 ] || fail "set --cas with a stale token exits $code, want 1"
+[ "$("$cli" get "$k:cas")" = v2 ] || fail "a refused CAS changed the value"
+out=$("$cli" --json add "$k:cas" v4 || true)
+[ "$out" = "{\"cas\":0,\"key\":\"$k:cas\",\"stored\":false}" ] || fail "json add: $out"
+"$cli" --json set "$k:fresh" v | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+assert r["stored"] is True and r["cas"] > 0, r' || fail "json set has no cas"
+"$cli" --json get --meta "$k:cas" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+assert r["value"] == "v2" and r["cas"] > 0 and 0 < r["ttl_remaining_seconds"] <= 300 and r["stale"] is False, r
+' || fail "json get --meta: $("$cli" --json get --meta "$k:cas")"
+ok "get --meta prints cas, ttl and stale; set --cas is compare-and-swap, exit 1 on a stale token"
+
+"$cli" get --touch 600 "$k:cas" >/dev/null || fail "get --touch"
+meta=$("$cli" get --meta "$k:cas" | head -1)
+[[ "$meta" =~ \ ttl=(59[89]|600)\  ]] || fail "ttl after get --touch 600: $meta"
+"$cli" set "$k:forever" v --ttl 0
+[[ "$("$cli" get --meta "$k:forever" | head -1)" == *" ttl=never "* ]] || fail "ttl of a never-expiring item"
+ok "get --touch sets the TTL (read back); ttl=never for items that never expire"
+
+[ "$("$cli" incr "$k:ctr" 0 --initial 10)" = 10 ] || fail "incr --initial"
+[ "$("$cli" decr "$k:ctr" 3)" = 7 ] || fail "decr"
+[ "$("$cli" decr "$k:ctr" 100)" = 0 ] || fail "decr stops at 0"
+ok "decr subtracts, stopping at 0"
+
+"$cli" set "$k:inv" old
+"$cli" delete --invalidate "$k:inv" || fail "delete --invalidate of an existing key"
+[ "$("$cli" get "$k:inv")" = old ] || fail "an invalidated key no longer reads its old value"
+[[ "$("$cli" get --meta "$k:inv" | head -1)" == *" stale=true" ]] || fail "invalidated key not stale: $("$cli" get --meta "$k:inv")"
+set +e; "$cli" delete --invalidate "$k:never-there"; code=$?; set -e
+[ "$code" -eq 1 ] || fail "delete --invalidate of a missing key exits $code, want 1"
+"$cli" set "$k:inv" new
+[[ "$("$cli" get --meta "$k:inv" | head -1)" == *" stale=false" ]] || fail "a set did not clear the stale state"
+ok "delete --invalidate keeps the old value readable, flagged stale, until a set"
+
 set +e; err=$("$cli" set "bad key" v 2>&1); code=$?; set -e
 [ "$code" -eq 2 ] && grep -q "InvalidArgument\|invalid argument\|Client specified an invalid argument" <<<"$err" || fail "bad key: exit $code: $err"
 grep -q "spaces" <<<"$err" || fail "bad key message: $err"

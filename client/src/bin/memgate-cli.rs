@@ -8,9 +8,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use base64::Engine;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use memgate_client::v1 as pb;
-use memgate_client::{Client, Error, Item, Lookup, ServingStatus};
+use memgate_client::{
+    Client, Condition, Entry, Error, GetOptions, Item, Lookup, ServingStatus, SetOutcome,
+};
 use serde_json::{Value, json};
 
 /// Talk to a memgate server.
@@ -39,26 +41,66 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print a key's value (exit 1 on a miss).
-    Get { key: String },
+    /// Print a key's value (exit 1 on a miss). An invalidated key prints
+    /// its old value.
+    Get {
+        key: String,
+        /// First print a line `cas=N ttl=SECONDS|never stale=true|false`
+        /// (with --json: adds cas, ttl_remaining_seconds and stale).
+        #[arg(long)]
+        meta: bool,
+        /// Get-and-touch: also set the key's TTL to this many seconds (0:
+        /// never expires).
+        #[arg(long, value_name = "TTL")]
+        touch: Option<u32>,
+    },
     /// Store a value: from VALUE, --file, or stdin when neither is given.
     Set {
-        key: String,
-        value: Option<String>,
-        /// Read the value from this file.
-        #[arg(long, conflicts_with = "value")]
-        file: Option<PathBuf>,
-        /// TTL in seconds (0: never expires; default: the server's).
-        #[arg(long)]
-        ttl: Option<u32>,
+        #[command(flatten)]
+        write: WriteArgs,
+        /// Compare-and-swap: store only if the key's CAS token is still N
+        /// (from `get --meta`); exit 1 when not stored.
+        #[arg(long, value_name = "N")]
+        cas: Option<u64>,
+    },
+    /// Store a value only if the key does not exist (exit 1 if it does).
+    Add {
+        #[command(flatten)]
+        write: WriteArgs,
+    },
+    /// Store a value only if the key exists (exit 1 if it does not).
+    Replace {
+        #[command(flatten)]
+        write: WriteArgs,
     },
     /// Delete a key (exit 1 if it did not exist).
-    Delete { key: String },
+    Delete {
+        key: String,
+        /// Mark the key stale instead: reads keep getting the old value
+        /// (flagged stale) while one reader refreshes it.
+        #[arg(long)]
+        invalidate: bool,
+    },
     /// Add DELTA to a counter (negative subtracts, stopping at 0) and print
     /// its new value.
     Incr {
         key: String,
         #[arg(allow_negative_numbers = true)]
+        delta: i64,
+        /// Create a missing key holding this value (otherwise a missing
+        /// key is an error).
+        #[arg(long)]
+        initial: Option<u64>,
+        /// TTL in seconds of a counter created by --initial (0: never
+        /// expires; default: the server's).
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Subtract DELTA from a counter (stopping at 0) and print its new
+    /// value.
+    Decr {
+        key: String,
+        #[arg(value_parser = clap::value_parser!(i64).range(0..))]
         delta: i64,
         /// Create a missing key holding this value (otherwise a missing
         /// key is an error).
@@ -117,6 +159,41 @@ enum Command {
     Stats,
 }
 
+/// The key and value of a write: the value from VALUE, --file, or stdin
+/// when neither is given.
+#[derive(Args, Debug)]
+struct WriteArgs {
+    key: String,
+    value: Option<String>,
+    /// Read the value from this file.
+    #[arg(long, conflicts_with = "value")]
+    file: Option<PathBuf>,
+    /// TTL in seconds (0: never expires; default: the server's).
+    #[arg(long)]
+    ttl: Option<u32>,
+}
+
+impl WriteArgs {
+    fn bytes(&self) -> Result<Vec<u8>, Error> {
+        match (&self.value, &self.file) {
+            (Some(v), _) => Ok(v.clone().into_bytes()),
+            (None, Some(path)) => std::fs::read(path)
+                .map_err(|e| local(format!("cannot read {}: {e}", path.display()))),
+            (None, None) => {
+                let mut buf = Vec::new();
+                std::io::stdin()
+                    .read_to_end(&mut buf)
+                    .map_err(|e| local(format!("cannot read stdin: {e}")))?;
+                Ok(buf)
+            }
+        }
+    }
+
+    fn ttl(&self) -> Option<Duration> {
+        self.ttl.map(|s| Duration::from_secs(s.into()))
+    }
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
@@ -155,49 +232,54 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let client = builder.connect().await?;
     let json = cli.json;
     match cli.command {
-        Command::Get { key } => {
-            let value = client.get(&key).await?;
+        Command::Get { key, meta, touch } => {
+            let mut options = GetOptions::new();
+            if let Some(ttl) = touch {
+                options = options.touch(Duration::from_secs(ttl.into()));
+            }
+            let entry = client.get_with(&key, options).await?;
             if json {
-                print_json(&lookup_json(&Lookup {
+                let mut obj = lookup_json(&Lookup {
                     key,
-                    value: value.clone(),
+                    value: entry.value.clone(),
                     error: None,
-                }));
-            } else if let Some(v) = &value {
-                std::io::stdout()
-                    .write_all(v)
-                    .map_err(|e| local(e.to_string()))?;
-            }
-            Ok(exit(value.is_some()))
-        }
-        Command::Set {
-            key,
-            value,
-            file,
-            ttl,
-        } => {
-            let bytes = match (value, file) {
-                (Some(v), _) => v.into_bytes(),
-                (None, Some(path)) => std::fs::read(&path)
-                    .map_err(|e| local(format!("cannot read {}: {e}", path.display())))?,
-                (None, None) => {
-                    let mut buf = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut buf)
-                        .map_err(|e| local(format!("cannot read stdin: {e}")))?;
-                    buf
+                });
+                if meta {
+                    add_meta(&mut obj, &entry);
                 }
-            };
-            client
-                .set(&key, bytes, ttl.map(|s| Duration::from_secs(s.into())))
-                .await?;
-            if json {
-                print_json(&json!({"key": key, "stored": true}));
+                print_json(&obj);
+            } else if let Some(v) = &entry.value {
+                let mut out = std::io::stdout().lock();
+                if meta {
+                    writeln!(out, "{}", meta_line(&entry)).map_err(|e| local(e.to_string()))?;
+                }
+                out.write_all(v).map_err(|e| local(e.to_string()))?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(exit(entry.found()))
         }
-        Command::Delete { key } => {
-            let deleted = client.delete(&key).await?;
+        Command::Set { write, cas } => {
+            let condition = cas.map_or(Condition::Always, Condition::CasMatch);
+            let outcome = client
+                .set_with(&write.key, write.bytes()?, write.ttl(), condition)
+                .await?;
+            Ok(report_write(json, &write.key, outcome))
+        }
+        Command::Add { write } => {
+            let outcome = client.add(&write.key, write.bytes()?, write.ttl()).await?;
+            Ok(report_write(json, &write.key, outcome))
+        }
+        Command::Replace { write } => {
+            let outcome = client
+                .replace(&write.key, write.bytes()?, write.ttl())
+                .await?;
+            Ok(report_write(json, &write.key, outcome))
+        }
+        Command::Delete { key, invalidate } => {
+            let deleted = if invalidate {
+                client.invalidate(&key).await?
+            } else {
+                client.delete(&key).await?
+            };
             if json {
                 print_json(&json!({"key": key, "deleted": deleted}));
             }
@@ -211,6 +293,21 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         } => {
             let ttl = ttl.map(|s| Duration::from_secs(s.into()));
             let value = client.increment(&key, delta, initial, ttl).await?;
+            if json {
+                print_json(&json!({"key": key, "value": value}));
+            } else {
+                println!("{value}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Decr {
+            key,
+            delta,
+            initial,
+            ttl,
+        } => {
+            let ttl = ttl.map(|s| Duration::from_secs(s.into()));
+            let value = client.increment(&key, -delta, initial, ttl).await?;
             if json {
                 print_json(&json!({"key": key, "value": value}));
             } else {
@@ -577,6 +674,29 @@ fn report_outcome(
         }
     }
     Ok(exit(outcome.errors.is_empty()))
+}
+
+/// A write's outcome: silent (or `{"key", "stored", "cas"}` with --json),
+/// exit 1 when its condition did not hold.
+fn report_write(json: bool, key: &str, outcome: SetOutcome) -> ExitCode {
+    if json {
+        print_json(&json!({"key": key, "stored": outcome.stored, "cas": outcome.cas}));
+    }
+    exit(outcome.stored)
+}
+
+/// `cas=N ttl=SECONDS|never stale=BOOL`.
+fn meta_line(e: &Entry) -> String {
+    let ttl = e
+        .ttl_remaining
+        .map_or_else(|| "never".to_owned(), |t| t.as_secs().to_string());
+    format!("cas={} ttl={ttl} stale={}", e.cas, e.stale)
+}
+
+fn add_meta(obj: &mut Value, e: &Entry) {
+    obj["cas"] = json!(e.cas);
+    obj["ttl_remaining_seconds"] = json!(e.ttl_remaining.map(|t| t.as_secs()));
+    obj["stale"] = json!(e.stale);
 }
 
 fn lookup_json(r: &Lookup) -> Value {
