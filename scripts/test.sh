@@ -13,6 +13,9 @@ scripts/setup.sh
 tests/tools/proto-check-selftest.sh
 cargo test --workspace
 cargo build -p memgate-server -p memgate-client
+# The stampede test again with each replica a real memgate process (the
+# lease lives in memcached, so one fill holds across processes).
+MEMGATE_BIN="$PWD/target/debug/memgate" cargo test -q --test stampede
 # The example documents every setting at its default; it must stay valid.
 cargo run -q -p memgate-server --bin memgate -- \
   --config deploy/memgate.example.toml --check-config
