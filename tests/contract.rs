@@ -755,7 +755,7 @@ async fn check_cas_race(mg: &Memgate) {
     let outcomes = futures::future::join_all(writers).await;
     let winners: Vec<_> = outcomes.iter().filter(|(_, r)| r.stored).collect();
     assert_eq!(winners.len(), 1, "{outcomes:?}");
-    let got = get_with(mg, &key, None, None).await;
+    let got = get_with(mg, key, None, None).await;
     assert_eq!(got.value.as_ref(), winners[0].0.as_bytes());
     assert_eq!(got.cas, winners[0].1.cas);
 }
