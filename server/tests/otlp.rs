@@ -93,6 +93,7 @@ async fn rpc_spans_reach_the_collector_in_the_callers_trace() {
     let parent_id = "00f067aa0ba902b7";
     let mut req = tonic::Request::new(GetRequest {
         key: "traced".into(),
+        ..Default::default()
     });
     req.metadata_mut().insert(
         "traceparent",
