@@ -275,18 +275,24 @@ impl EmbeddedStore {
 
     /// Marks a live item stale for `stale_for`; false if there is none.
     fn mark_stale(&self, key: &Key, stale_for: Ttl) -> bool {
+        self.change_live(key, |e| Entry {
+            expires_at: Self::expiry(stale_for),
+            cas: self.next_cas(),
+            state: State::Stale { won: false },
+            ..e
+        })
+    }
+
+    /// Replaces a live item with `change(item)`, atomically; false (and
+    /// nothing changed) if there is none.
+    fn change_live(&self, key: &Key, change: impl FnOnce(Entry) -> Entry) -> bool {
         let mut found = false;
         self.cache
             .entry(key.clone())
             .and_compute_with(|e| match e.map(|e| e.into_value()) {
                 Some(e) if e.live(Instant::now()) => {
                     found = true;
-                    Op::Put(Entry {
-                        expires_at: Self::expiry(stale_for),
-                        cas: self.next_cas(),
-                        state: State::Stale { won: false },
-                        ..e
-                    })
+                    Op::Put(change(e))
                 }
                 _ => Op::Nop,
             });
@@ -349,20 +355,10 @@ impl EmbeddedStore {
 
     /// A new TTL for a live item; false if there is none.
     fn retime(&self, key: &Key, ttl: Ttl) -> bool {
-        let mut found = false;
-        self.cache
-            .entry(key.clone())
-            .and_compute_with(|e| match e.map(|e| e.into_value()) {
-                Some(e) if e.live(Instant::now()) => {
-                    found = true;
-                    Op::Put(Entry {
-                        expires_at: Self::expiry(ttl),
-                        ..e
-                    })
-                }
-                _ => Op::Nop,
-            });
-        found
+        self.change_live(key, |e| Entry {
+            expires_at: Self::expiry(ttl),
+            ..e
+        })
     }
 
     /// Removes `key` (through its compute, as [`Self::write`] explains);
