@@ -167,6 +167,20 @@ pub struct Request<E> {
     pub budget: Option<Arc<Reservation>>,
 }
 
+impl<E> Request<E> {
+    /// One meta command for `key` whose reply carries no value (a write,
+    /// delete, touch or invalidation).
+    pub fn meta_one(key: &Key, encode: E) -> Request<E> {
+        Request {
+            encode,
+            tokens: 1,
+            expect: Expect::One(key.clone()),
+            max_value: 0,
+            budget: None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State {
     /// Encoded commands not yet written.

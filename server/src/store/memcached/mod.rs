@@ -242,15 +242,9 @@ impl ShardedStore {
     async fn hand_back(shard: &Shard, key: &Key, cas: u64) {
         let outcome = async {
             let conn = shard.connection(Lane::Single).await?;
-            let req = Request {
-                encode: |buf: &mut BytesMut, token| {
-                    meta::encode_hand_back(buf, key.as_str(), cas, token)
-                },
-                tokens: 1,
-                expect: Expect::One(key.clone()),
-                max_value: 0,
-                budget: None,
-            };
+            let req = Request::meta_one(key, |buf: &mut BytesMut, token| {
+                meta::encode_hand_back(buf, key.as_str(), cas, token)
+            });
             shard.call(&conn, req).await
         };
         match outcome.await {
@@ -501,16 +495,10 @@ impl ShardedStore {
         let exptime = item.ttl.memcached_exptime(SystemTime::now());
         let reply = match conn.mode() {
             Mode::Meta => {
-                let req = Request {
-                    encode: |buf: &mut BytesMut, token| {
-                        let (k, v) = (key.as_str(), &item.value);
-                        meta::encode_set(buf, k, exptime, v, item.condition, token, false)
-                    },
-                    tokens: 1,
-                    expect: Expect::One(key.clone()),
-                    max_value: 0,
-                    budget: None,
-                };
+                let req = Request::meta_one(key, |buf: &mut BytesMut, token| {
+                    let (k, v) = (key.as_str(), &item.value);
+                    meta::encode_set(buf, k, exptime, v, item.condition, token, false)
+                });
                 shard.call(&conn, req).await?
             }
             Mode::Text if item.condition != Condition::Always => {
@@ -555,28 +543,16 @@ impl ShardedStore {
         let conn = shard.connection(Lane::Single).await?;
         let reply = match (conn.mode(), stale_for) {
             (Mode::Meta, None) => {
-                let req = Request {
-                    encode: |buf: &mut BytesMut, token| {
-                        meta::encode_delete(buf, key.as_str(), token, false)
-                    },
-                    tokens: 1,
-                    expect: Expect::One(key.clone()),
-                    max_value: 0,
-                    budget: None,
-                };
+                let req = Request::meta_one(key, |buf: &mut BytesMut, token| {
+                    meta::encode_delete(buf, key.as_str(), token, false)
+                });
                 shard.call(&conn, req).await?
             }
             (Mode::Meta, Some(ttl)) => {
                 let exptime = ttl.memcached_exptime(SystemTime::now());
-                let req = Request {
-                    encode: |buf: &mut BytesMut, token| {
-                        meta::encode_invalidate(buf, key.as_str(), exptime, token)
-                    },
-                    tokens: 1,
-                    expect: Expect::One(key.clone()),
-                    max_value: 0,
-                    budget: None,
-                };
+                let req = Request::meta_one(key, |buf: &mut BytesMut, token| {
+                    meta::encode_invalidate(buf, key.as_str(), exptime, token)
+                });
                 shard.call(&conn, req).await?
             }
             (Mode::Text, Some(_)) => {
@@ -675,15 +651,9 @@ impl ShardedStore {
             });
         }
         let exptime = ttl.memcached_exptime(SystemTime::now());
-        let req = Request {
-            encode: |buf: &mut BytesMut, token| {
-                meta::encode_touch(buf, key.as_str(), exptime, token)
-            },
-            tokens: 1,
-            expect: Expect::One(key.clone()),
-            max_value: 0,
-            budget: None,
-        };
+        let req = Request::meta_one(key, |buf: &mut BytesMut, token| {
+            meta::encode_touch(buf, key.as_str(), exptime, token)
+        });
         match shard.call(&conn, req).await? {
             Reply::Meta(MetaReply {
                 code: Code::Done, ..
